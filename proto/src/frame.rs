@@ -12,6 +12,12 @@ pub fn encode<'b, T: Serialize>(msg: &T, buf: &'b mut [u8]) -> postcard::Result<
     postcard::to_slice_cobs(msg, buf)
 }
 
+/// Decodes the postcard bytes of one frame (as [`Frame::Message`] gives
+/// them). Borrowed fields (`&str`, `&[u8]`) point into `bytes`.
+pub fn decode<'a, T: serde::Deserialize<'a>>(bytes: &'a [u8]) -> postcard::Result<T> {
+    postcard::from_bytes(bytes)
+}
+
 /// What [`FrameReader::push`] found at a delimiter.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Frame<'a> {

@@ -13,7 +13,7 @@ extern crate std;
 mod frame;
 mod message;
 
-pub use frame::{Frame, FrameReader, encode};
+pub use frame::{Frame, FrameReader, decode, encode};
 pub use message::*;
 
 /// Protocol version, sent in `Ready`; bumped on any incompatible change.

@@ -1,0 +1,117 @@
+//! The PID-1 duties in a VM: the filesystems a sandbox needs, dangerous
+//! device nodes removed, descriptors 0-2 on the console, the agent port in
+//! raw mode, and the way out (kill everything, sync, power off).
+//!
+//! None of this runs unless the VM asked for it (`--boot`): a test PID
+//! namespace shares devtmpfs with its host, and unlinking /dev/mem there
+//! would delete the host's node.
+
+use core::ffi::CStr;
+use core::fmt::Write;
+
+use rustix::fd::OwnedFd;
+use rustix::fs::{Mode, OFlags};
+use rustix::io::Errno;
+use rustix::mount::MountFlags;
+
+use crate::config::Config;
+use crate::{log, sys};
+
+/// Device nodes that give a job the host's physical memory or I/O ports.
+const DANGEROUS_NODES: [&CStr; 3] = [c"/dev/mem", c"/dev/kmem", c"/dev/port"];
+
+/// Mounts, device cleanup and console descriptors.
+pub fn boot(config: &Config) {
+    let hardened = MountFlags::NOSUID | MountFlags::NODEV;
+    mount(c"proc", c"/proc", c"proc", hardened | MountFlags::NOEXEC, Some(c"hidepid=2"));
+    mount(c"sysfs", c"/sys", c"sysfs", hardened | MountFlags::NOEXEC, None);
+    // The kernel mounts devtmpfs itself before init (CONFIG_DEVTMPFS_MOUNT);
+    // mount it here only when it did not.
+    if rustix::fs::stat(c"/dev/null").is_err() {
+        mount(c"devtmpfs", c"/dev", c"devtmpfs", MountFlags::NOSUID, None);
+    }
+    console_stdio();
+    let _ = rustix::fs::mkdir(c"/dev/shm", Mode::from_raw_mode(0o1777));
+    mount(c"tmpfs", c"/dev/shm", c"tmpfs", hardened, Some(c"mode=1777"));
+    mount(c"tmpfs", c"/tmp", c"tmpfs", hardened, Some(c"mode=1777"));
+    mount(c"tmpfs", c"/run", c"tmpfs", hardened | MountFlags::NOEXEC, Some(c"mode=0755"));
+
+    let mut home = heapless::Vec::<u8, 64>::new();
+    let mut text = heapless::String::<63>::new();
+    let _ = write!(text, "mode=0700,uid={0},gid={0}", config.uid);
+    let _ = home.extend_from_slice(text.as_bytes());
+    let _ = home.push(0);
+    let home_opts = CStr::from_bytes_with_nul(&home).unwrap_or(c"mode=0700");
+    mount(c"tmpfs", config.home, c"tmpfs", hardened, Some(home_opts));
+
+    for node in DANGEROUS_NODES {
+        match rustix::fs::unlink(node) {
+            Ok(()) | Err(Errno::NOENT) => {}
+            Err(e) => log!("cannot remove {node:?}: {e:?}"),
+        }
+    }
+    if let Err(e) = sys::bring_up_loopback() {
+        log!("cannot bring up lo: {e:?}");
+    }
+}
+
+fn mount(source: &CStr, target: &CStr, fstype: &CStr, flags: MountFlags, data: Option<&CStr>) {
+    if let Err(e) = rustix::mount::mount(source, target, fstype, flags, data) {
+        log!("cannot mount {fstype:?} on {target:?}: {e:?}");
+    }
+}
+
+/// Makes sure descriptors 0, 1 and 2 are open: the kernel leaves them closed
+/// when it could not open /dev/console, and the init logs on 2 and a job's
+/// setup dup2s over them.
+fn console_stdio() {
+    for fd in 0..3 {
+        if rustix::io::fcntl_getfd(sys::stdio(fd)).is_err() {
+            // open takes the lowest free number: the hole being filled.
+            let console = rustix::fs::open(c"/dev/console", OFlags::RDWR | OFlags::NOCTTY, Mode::empty())
+                .or_else(|_| rustix::fs::open(c"/dev/null", OFlags::RDWR, Mode::empty()));
+            if let Ok(fd) = console {
+                core::mem::forget(fd);
+            }
+        }
+    }
+}
+
+/// PID 1 is not killed by signals it does not handle, and OOM must pick a
+/// job, never the init: -1000 exempts it.
+pub fn protect_from_oom() {
+    let Ok(file) = rustix::fs::open(c"/proc/self/oom_score_adj", OFlags::WRONLY, Mode::empty()) else {
+        return;
+    };
+    if let Err(e) = rustix::io::write(&file, b"-1000") {
+        log!("cannot set oom_score_adj: {e:?}");
+    }
+}
+
+/// Opens the agent port twice, one descriptor to read and one to write (so
+/// that epoll can watch each direction on its own), non-blocking, and puts
+/// a terminal in raw mode: no echo, no line editing, no CR/LF rewriting.
+pub fn open_port(path: &CStr) -> rustix::io::Result<(OwnedFd, OwnedFd)> {
+    let flags = OFlags::RDWR | OFlags::NOCTTY | OFlags::NONBLOCK | OFlags::CLOEXEC;
+    let rx = rustix::fs::open(path, flags, Mode::empty())?;
+    let tx = rustix::fs::open(path, flags, Mode::empty())?;
+    if let Ok(mut termios) = rustix::termios::tcgetattr(&rx) {
+        termios.make_raw();
+        rustix::termios::tcsetattr(&rx, rustix::termios::OptionalActions::Now, &termios)?;
+    }
+    Ok((rx, tx))
+}
+
+/// The end of the VM: every process killed and reaped, filesystems synced,
+/// power off. Never returns; if power-off fails the init idles forever
+/// rather than exit (which would panic the kernel).
+pub fn power_off() -> ! {
+    sys::kill_all();
+    while let Ok(Some(_)) | Err(Errno::INTR) = rustix::process::wait(rustix::process::WaitOptions::empty()) {}
+    rustix::fs::sync();
+    let e = rustix::system::reboot(rustix::system::RebootCommand::PowerOff);
+    log!("power off failed: {e:?}");
+    loop {
+        rustix::event::pause();
+    }
+}

@@ -1,0 +1,97 @@
+//! The init's settings, from its command line.
+//!
+//! In a VM the kernel passes everything after `--` on its own command line to
+//! the init, so the host chooses these: `init=/sbin/init -- --boot`.
+
+use core::ffi::CStr;
+
+/// What the init was asked to be.
+pub struct Config {
+    /// Perform the PID-1 boot duties (mounts, device nodes, power-off).
+    /// Only a VM asks for this: being PID 1 is not proof of being in one.
+    pub boot: bool,
+    /// The agent port device; stdin/stdout when `None`.
+    pub port: Option<&'static CStr>,
+    pub python: &'static CStr,
+    pub shell: &'static CStr,
+    /// Home and default working directory of jobs.
+    pub home: &'static CStr,
+    /// User and group the jobs run as, when the init runs as root.
+    pub uid: u32,
+}
+
+/// The port a booted VM serves on: the first virtio-console port.
+pub const BOOT_PORT: &CStr = c"/dev/hvc0";
+
+pub const USAGE: &str = "usage: pid1 [--boot] [--port DEVICE] [--python PATH] \
+                         [--shell PATH] [--home DIR] [--uid N]";
+
+impl Config {
+    pub fn parse(mut args: impl Iterator<Item = &'static CStr>) -> Result<Config, &'static str> {
+        let mut config = Config {
+            boot: false,
+            port: None,
+            python: c"/usr/bin/python3",
+            shell: c"/bin/sh",
+            home: c"/home/user",
+            uid: 1000,
+        };
+        while let Some(arg) = args.next() {
+            let flag = arg.to_bytes();
+            if flag == b"--boot" {
+                config.boot = true;
+                continue;
+            }
+            let value = args.next().ok_or("missing value after a flag")?;
+            match flag {
+                b"--port" => config.port = Some(value),
+                b"--python" => config.python = value,
+                b"--shell" => config.shell = value,
+                b"--home" => config.home = value,
+                b"--uid" => config.uid = parse_u32(value.to_bytes()).ok_or("--uid: not a number")?,
+                _ => return Err("unknown flag"),
+            }
+        }
+        if config.boot && config.port.is_none() {
+            config.port = Some(BOOT_PORT);
+        }
+        Ok(config)
+    }
+}
+
+fn parse_u32(text: &[u8]) -> Option<u32> {
+    if text.is_empty() {
+        return None;
+    }
+    text.iter().try_fold(0u32, |n, &d| {
+        d.is_ascii_digit().then_some(())?;
+        n.checked_mul(10)?.checked_add(u32::from(d - b'0'))
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&'static CStr]) -> Result<Config, &'static str> {
+        Config::parse(args.iter().copied())
+    }
+
+    #[test]
+    fn defaults_and_boot_port() {
+        let c = parse(&[]).unwrap();
+        assert!(!c.boot && c.port.is_none() && c.uid == 1000);
+        let c = parse(&[c"--boot"]).unwrap();
+        assert_eq!(c.port, Some(BOOT_PORT));
+        let c = parse(&[c"--uid", c"0", c"--home", c"/tmp/h", c"--python", c"/x"]).unwrap();
+        assert_eq!((c.uid, c.home, c.python), (0, c"/tmp/h", c"/x"));
+    }
+
+    #[test]
+    fn bad_flags() {
+        assert!(parse(&[c"--uid"]).is_err());
+        assert!(parse(&[c"--uid", c"12a"]).is_err());
+        assert!(parse(&[c"--uid", c"99999999999"]).is_err());
+        assert!(parse(&[c"--frobnicate", c"1"]).is_err());
+    }
+}

@@ -1,0 +1,27 @@
+//! The init's own log lines, on descriptor 2: the console in a VM, the
+//! caller's stderr outside one. One line per call, never longer than
+//! [`LOG_LINE`], never blocking the loop for more than one write.
+
+use core::fmt::{self, Write};
+
+/// Longest log line; longer ones are cut. Log lines are short diagnostics.
+pub const LOG_LINE: usize = 192;
+
+/// Writes `pid1: <args>\n` to descriptor 2.
+pub fn line(args: fmt::Arguments<'_>) {
+    let mut text = heapless::String::<LOG_LINE>::new();
+    let _ = text.push_str("pid1: ");
+    // A line that does not fit is cut; the newline is always kept.
+    let _ = text.write_fmt(args);
+    if text.len() == LOG_LINE {
+        text.pop();
+    }
+    let _ = text.push('\n');
+    let _ = rustix::io::write(crate::sys::stdio(2), text.as_bytes());
+}
+
+/// `log!("...", args)`: one line on the console.
+#[macro_export]
+macro_rules! log {
+    ($($arg:tt)*) => { $crate::log::line(format_args!($($arg)*)) };
+}

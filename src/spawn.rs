@@ -1,0 +1,154 @@
+//! Forking a job's interpreter: the pipes it writes to, and everything the
+//! child does between `fork` and `execve`.
+//!
+//! The code is not passed in argv (one argument is limited to 128 KiB): it
+//! sits in a memfd that the child holds as descriptor 3, and the interpreter
+//! is given `/proc/self/fd/3` as its script.
+
+use core::ffi::CStr;
+
+use proto::Lang;
+use rustix::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
+use rustix::fs::{Mode, OFlags};
+use rustix::io::{Errno, FdFlags};
+use rustix::process::{Pid, Resource, Rlimit};
+
+use crate::config::Config;
+use crate::job::EnvBlock;
+use crate::sys;
+
+/// Processes the job user may have at once (RLIMIT_NPROC): room for real
+/// parallel work, a wall against a fork bomb taking the VM down.
+pub const JOB_NPROC: u64 = 1024;
+
+/// The descriptor the child finds its code on.
+const CODE_FD: i32 = 3;
+
+/// The script path the interpreter opens: the child's own descriptor 3.
+const SCRIPT: &CStr = c"/proc/self/fd/3";
+
+/// Longest argv+envp: every job variable, the defaults and the terminator.
+const MAX_ENVP: usize = proto::MAX_ENV + crate::job::DEFAULT_ENV.len() + 2;
+
+/// A forked job: its leader and the read ends of its stdout and stderr.
+pub struct Spawned {
+    pub pid: Pid,
+    pub pipes: [OwnedFd; 2],
+}
+
+/// Forks the interpreter for `lang` on the code in `code`.
+pub fn spawn(config: &Config, lang: Lang, code: BorrowedFd<'_>, env: &EnvBlock) -> Result<Spawned, (&'static str, Errno)> {
+    let interpreter = match lang {
+        Lang::Python => config.python,
+        Lang::Shell => config.shell,
+        Lang::Unknown(_) => return Err(("language", Errno::INVAL)),
+    };
+    // Only the read ends are non-blocking: the job's writes must block when
+    // the pipe is full, not fail.
+    let (out_read, out_write) = pipe().map_err(|e| ("pipe", e))?;
+    let (err_read, err_write) = pipe().map_err(|e| ("pipe", e))?;
+
+    let argv = [interpreter.as_ptr().cast::<u8>(), SCRIPT.as_ptr().cast(), core::ptr::null()];
+    let mut envp = heapless::Vec::<*const u8, MAX_ENVP>::new();
+    for var in env.vars() {
+        envp.push(var.as_ptr().cast()).map_err(|_| ("environment", Errno::TOOBIG))?;
+    }
+    envp.push(core::ptr::null()).map_err(|_| ("environment", Errno::TOOBIG))?;
+    let cwd = env.cwd().unwrap_or(config.home);
+
+    match sys::fork().map_err(|e| ("fork", e))? {
+        Some(pid) => Ok(Spawned { pid, pipes: [out_read, err_read] }),
+        None => {
+            let child = Child { config, interpreter, cwd, code, stdout: out_write.as_fd(), stderr: err_write.as_fd() };
+            child.exec(&argv, &envp)
+        }
+    }
+}
+
+fn pipe() -> rustix::io::Result<(OwnedFd, OwnedFd)> {
+    let (read, write) = rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC)?;
+    rustix::fs::fcntl_setfl(&read, OFlags::NONBLOCK)?;
+    Ok((read, write))
+}
+
+/// What the child needs between fork and exec.
+struct Child<'a> {
+    config: &'a Config,
+    interpreter: &'a CStr,
+    cwd: &'a CStr,
+    code: BorrowedFd<'a>,
+    stdout: BorrowedFd<'a>,
+    stderr: BorrowedFd<'a>,
+}
+
+impl Child<'_> {
+    /// Runs in the forked child only; never returns.
+    fn exec(&self, argv: &[*const u8], envp: &[*const u8]) -> ! {
+        // Dispositions first, mask last: a signal unblocked early must not
+        // meet a handler-less "ignore" inherited from the init's parent.
+        sys::reset_signal_dispositions();
+        let _ = rustix::process::setsid();
+        // stdout and stderr first, so every failure below lands in the
+        // job's stderr, where the host sees it.
+        if sys::dup2(self.stdout, 1).is_err() || sys::dup2(self.stderr, 2).is_err() {
+            sys::exit(126);
+        }
+        let code = if self.code.as_raw_fd() == CODE_FD {
+            // dup2 onto itself would keep close-on-exec set.
+            rustix::io::fcntl_setfd(self.code, FdFlags::empty())
+        } else {
+            sys::dup2(self.code, CODE_FD)
+        };
+        check(code, "cannot pass the code on descriptor 3");
+        let null = rustix::fs::open(c"/dev/null", OFlags::RDONLY, Mode::empty());
+        check(null.and_then(|fd| sys::dup2(fd.as_fd(), 0)), "cannot open /dev/null");
+        sys::close_from(CODE_FD + 1);
+
+        let nproc = Rlimit { current: Some(JOB_NPROC), maximum: Some(JOB_NPROC) };
+        check(rustix::process::setrlimit(Resource::Nproc, nproc), "cannot set RLIMIT_NPROC");
+        let _ = rustix::process::setrlimit(Resource::Core, Rlimit { current: Some(0), maximum: Some(0) });
+        if rustix::process::getuid().is_root() {
+            let uid = rustix::process::Uid::from_raw(self.config.uid);
+            let gid = rustix::process::Gid::from_raw(self.config.uid);
+            check(rustix::thread::set_thread_groups(&[]), "cannot drop supplementary groups");
+            check(rustix::thread::set_thread_gid(gid), "cannot change group");
+            check(rustix::thread::set_thread_uid(uid), "cannot change user");
+        }
+        check(rustix::thread::set_no_new_privs(true), "cannot set no_new_privs");
+        if let Err(e) = rustix::process::chdir(self.cwd) {
+            crate::log!("cannot change to directory {:?}: {}", self.cwd, describe(e));
+            sys::exit(126);
+        }
+        check(sys::set_signal_mask(sys::SigSet::default()), "cannot unblock signals");
+        let err = sys::execve(self.interpreter, argv, envp);
+        crate::log!("cannot execute {:?}: {}", self.interpreter, describe(err));
+        // The shell's convention: 127 for a program that is not there, 126
+        // for one that is there but cannot run.
+        sys::exit(if err == Errno::NOENT { 127 } else { 126 })
+    }
+}
+
+/// In the child: a failed setup step ends it with 126 and a message.
+fn check<T>(result: rustix::io::Result<T>, what: &str) {
+    if let Err(e) = result {
+        crate::log!("{what}: {}", describe(e));
+        sys::exit(126);
+    }
+}
+
+/// A short description of the errors a job's setup can meet.
+pub fn describe(e: Errno) -> &'static str {
+    match e {
+        Errno::NOENT => "no such file or directory",
+        Errno::ACCESS => "permission denied",
+        Errno::NOTDIR => "not a directory",
+        Errno::NOEXEC => "not an executable format",
+        Errno::PERM => "operation not permitted",
+        Errno::AGAIN => "resource temporarily unavailable",
+        Errno::NOMEM => "out of memory",
+        Errno::MFILE | Errno::NFILE => "too many open files",
+        Errno::ISDIR => "is a directory",
+        Errno::TOOBIG => "argument list too long",
+        _ => "system error",
+    }
+}
