@@ -1,7 +1,10 @@
 //! The init's settings, from its command line.
 //!
-//! In a VM the kernel passes everything after `--` on its own command line to
-//! the init, so the host chooses these: `init=/sbin/init -- --boot`.
+//! Flags come from argv (tests, debugging). In a VM the host sets them on the
+//! kernel command line as `pid1_boot=1` and `pid1_port=/dev/hvc0`: the kernel
+//! hands `name=value` parameters it does not know to the init as environment
+//! variables. (Arguments after `--` would reach argv too, but QEMU appends
+//! its own `virtio_mmio.device=` parameters after them.)
 
 use core::ffi::CStr;
 
@@ -27,7 +30,10 @@ pub const USAGE: &str = "usage: pid1 [--boot] [--port DEVICE] [--python PATH] \
                          [--shell PATH] [--home DIR] [--uid N]";
 
 impl Config {
-    pub fn parse(mut args: impl Iterator<Item = &'static CStr>) -> Result<Config, &'static str> {
+    pub fn parse(
+        mut args: impl Iterator<Item = &'static CStr>,
+        environ: impl Iterator<Item = &'static CStr>,
+    ) -> Result<Config, &'static str> {
         let mut config = Config {
             boot: false,
             port: None,
@@ -36,6 +42,14 @@ impl Config {
             home: c"/home/user",
             uid: 1000,
         };
+        for var in environ {
+            let var = var.to_bytes_with_nul();
+            if let Some(value) = var.strip_prefix(b"pid1_boot=") {
+                config.boot = value == b"1\0";
+            } else if let Some(value) = var.strip_prefix(b"pid1_port=") {
+                config.port = CStr::from_bytes_with_nul(value).ok();
+            }
+        }
         while let Some(arg) = args.next() {
             let flag = arg.to_bytes();
             if flag == b"--boot" {
@@ -74,7 +88,7 @@ mod tests {
     use super::*;
 
     fn parse(args: &[&'static CStr]) -> Result<Config, &'static str> {
-        Config::parse(args.iter().copied())
+        Config::parse(args.iter().copied(), [].into_iter())
     }
 
     #[test]
@@ -85,6 +99,16 @@ mod tests {
         assert_eq!(c.port, Some(BOOT_PORT));
         let c = parse(&[c"--uid", c"0", c"--home", c"/tmp/h", c"--python", c"/x"]).unwrap();
         assert_eq!((c.uid, c.home, c.python), (0, c"/tmp/h", c"/x"));
+    }
+
+    #[test]
+    fn kernel_command_line_environment() {
+        let env = [c"HOME=/", c"pid1_boot=1", c"TERM=linux", c"pid1_port=/dev/hvc1"];
+        let c = Config::parse([].into_iter(), env.into_iter()).unwrap();
+        assert!(c.boot);
+        assert_eq!(c.port, Some(c"/dev/hvc1"));
+        let c = Config::parse([].into_iter(), [c"pid1_boot=0"].into_iter()).unwrap();
+        assert!(!c.boot && c.port.is_none());
     }
 
     #[test]

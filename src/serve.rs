@@ -154,7 +154,8 @@ struct Server {
 pub fn run(args: sys::Args) -> ! {
     let start_ns = now_ns();
     let pid1 = rustix::process::getpid().is_init();
-    let config = match Config::parse(args) {
+    let environ = args.environ();
+    let config = match Config::parse(args, environ) {
         Ok(config) => config,
         Err(why) => {
             log!("{why}; {USAGE}");

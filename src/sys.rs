@@ -58,6 +58,17 @@ pub struct Args {
     next: usize,
 }
 
+impl Args {
+    /// The environment strings (`NAME=value`) that follow the arguments on
+    /// the initial stack. The kernel puts its command line's `name=value`
+    /// parameters there, which is how a VM passes settings to its init.
+    pub fn environ(&self) -> Environ {
+        // SAFETY: envp starts right after argv's terminating null pointer,
+        // at argv + argc + 1 (see `entry`).
+        Environ { next: unsafe { self.argv.add(self.argc + 1) } }
+    }
+}
+
 impl Iterator for Args {
     type Item = &'static CStr;
 
@@ -70,6 +81,28 @@ impl Iterator for Args {
         let arg = unsafe { CStr::from_ptr(*self.argv.add(self.next)) };
         self.next += 1;
         Some(arg)
+    }
+}
+
+/// Iterator over the initial environment.
+pub struct Environ {
+    next: *const *const core::ffi::c_char,
+}
+
+impl Iterator for Environ {
+    type Item = &'static CStr;
+
+    fn next(&mut self) -> Option<&'static CStr> {
+        // SAFETY: envp is an array of C string pointers ended by a null
+        // pointer; `next` never moves past that null.
+        unsafe {
+            let ptr = *self.next;
+            if ptr.is_null() {
+                return None;
+            }
+            self.next = self.next.add(1);
+            Some(CStr::from_ptr(ptr))
+        }
     }
 }
 

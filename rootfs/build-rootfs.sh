@@ -1,0 +1,84 @@
+#!/usr/bin/env bash
+# Builds the guest root filesystem as a read-only erofs image: Debian's
+# Python 3.11 and busybox-static, trimmed, every .pyc precompiled, the job
+# user, and the init at /sbin/init. Same inputs, same image bytes: fixed
+# timestamps, owners and UUID. Prints the image path on stdout.
+#
+# usage: build-rootfs.sh INIT_BINARY
+set -euo pipefail
+
+here="$(cd "$(dirname "$0")" && pwd)"
+build="${BUILD:-$here/../build}"
+mkdir -p "$build"
+build="$(cd "$build" && pwd)"
+init="$(realpath "$1")"
+
+# Every file gets this time: the image depends on its inputs only.
+epoch=1700000000
+uuid=0f1d0000-1d00-4000-8000-000000000001
+
+debs="$build/debs"
+mkdir -p "$debs"
+mapfile -t packages < <(grep -v '^#' "$here/packages.txt" | grep .)
+missing=()
+for p in "${packages[@]}"; do
+    v="$(dpkg-query -W -f='${Version}' "$p" 2>/dev/null || apt-cache policy "$p" | awk '/Candidate:/ {print $2}')"
+    [ -n "$v" ] && [ "$v" != "(none)" ] || { echo "rootfs: no candidate for package $p" >&2; exit 1; }
+    ls "$debs/${p}_"*.deb >/dev/null 2>&1 || missing+=("$p")
+done
+if [ "${#missing[@]}" -gt 0 ]; then
+    echo "rootfs: downloading ${missing[*]}" >&2
+    (cd "$debs" && apt-get download -q "${missing[@]}" >&2)
+fi
+
+root="$build/rootfs.tmp"
+rm -rf "$root" && mkdir -p "$root"
+for deb in "$debs"/*.deb; do
+    dpkg-deb -x "$deb" "$root"
+done
+
+# Trim what a job never uses: docs, man pages, locales, the test suite,
+# GUI and packaging modules, static libraries, package metadata.
+rm -rf "$root"/usr/share/{doc,man,info,locale,lintian,bug,gdb} "$root"/etc/{init.d,cron.daily,logrotate.d}
+py="$root/usr/lib/python3.11"
+rm -rf "$py"/{test,idlelib,tkinter,turtledemo,ensurepip,lib2to3,distutils/tests,unittest/test,config-3.11-x86_64-linux-gnu}
+find "$root" -name '*.a' -delete
+
+# Filesystem skeleton: mount points for what the init mounts, and /bin/sh.
+mkdir -p "$root"/{proc,sys,dev,tmp,run,root,home/user,sbin,usr/local/bin,etc,bin}
+busybox="$root/bin/busybox"
+for applet in $("$busybox" --list); do
+    [ -e "$root/bin/$applet" ] || [ -e "$root/usr/bin/$applet" ] || ln -s busybox "$root/bin/$applet"
+done
+ln -sf python3.11 "$root/usr/bin/python3"
+ln -sf python3 "$root/usr/bin/python"
+install -m 0755 "$init" "$root/sbin/init"
+
+cat > "$root/etc/passwd" <<'PASSWD'
+root:x:0:0:root:/root:/bin/sh
+user:x:1000:1000:user:/home/user:/bin/sh
+nobody:x:65534:65534:nobody:/nonexistent:/bin/false
+PASSWD
+cat > "$root/etc/group" <<'GROUP'
+root:x:0:
+user:x:1000:
+nogroup:x:65534:
+GROUP
+printf '127.0.0.1 localhost\n::1 localhost\n' > "$root/etc/hosts"
+echo sandbox > "$root/etc/hostname"
+
+# Bytecode for the whole standard library, checked by hash rather than
+# mtime: nothing to stat, nothing to rewrite, the same bytes every build.
+echo "rootfs: compiling the standard library" >&2
+python3.11 -m compileall -q -j "$(nproc)" --invalidation-mode unchecked-hash \
+    -s "$root" -p / "$py" "$root/usr/lib/python3/dist-packages" "$root/etc/python3.11" >/dev/null 2>&1 || true
+pyc="$(find "$py" -name '*.pyc' | wc -l)"
+[ "$pyc" -gt 500 ] || { echo "rootfs: only $pyc .pyc files compiled" >&2; exit 1; }
+
+find "$root" -exec touch -h -d "@$epoch" {} +
+image="$build/rootfs.erofs"
+mkfs.erofs --quiet --all-root -T"$epoch" -U"$uuid" "$image.tmp" "$root" >&2
+mv "$image.tmp" "$image"
+rm -rf "$root"
+echo "rootfs: $(du -h --apparent-size "$image" | cut -f1), $pyc .pyc files" >&2
+echo "$image"
