@@ -103,14 +103,16 @@ pub fn open_port(path: &CStr) -> rustix::io::Result<(OwnedFd, OwnedFd)> {
 }
 
 /// The end of the VM: every process killed and reaped, filesystems synced,
-/// power off. Never returns; if power-off fails the init idles forever
-/// rather than exit (which would panic the kernel).
+/// then a reset. A microVM has no ACPI and no power button: the host runs
+/// QEMU with `-no-reboot`, so a reset (a triple fault with `reboot=t`) is
+/// what makes QEMU exit. Never returns; if the reset fails the init idles
+/// forever rather than exit (which would panic the kernel).
 pub fn power_off() -> ! {
     sys::kill_all();
     while let Ok(Some(_)) | Err(Errno::INTR) = rustix::process::wait(rustix::process::WaitOptions::empty()) {}
     rustix::fs::sync();
-    let e = rustix::system::reboot(rustix::system::RebootCommand::PowerOff);
-    log!("power off failed: {e:?}");
+    let e = rustix::system::reboot(rustix::system::RebootCommand::Restart);
+    log!("reset failed: {e:?}");
     loop {
         rustix::event::pause();
     }

@@ -1,1 +1,214 @@
-fn main() {}
+//! `vmexec`: run one Python or shell job in a fresh pid1 microVM.
+
+use std::io::{Read, Write};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use clap::{Parser, Subcommand, ValueEnum};
+use serde_json::json;
+use vmhost::{Accel, Error, Job, Lang, Stream, Vm, VmConfig};
+
+/// Exit code when the job timed out (as timeout(1) does).
+const EXIT_TIMEOUT: u8 = 124;
+/// Exit code when the job was refused before it ran, or the command line is wrong.
+const EXIT_REFUSED: u8 = 2;
+/// Exit code when the VM itself failed (no QEMU, no kernel, boot failure).
+const EXIT_FAILURE: u8 = 1;
+
+#[derive(Parser)]
+#[command(name = "vmexec", version, about = "Run Python or shell code in a fresh pid1 microVM")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Boot a VM, run one job, print its output, exit with its exit code.
+    Run(RunArgs),
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum LangArg {
+    Python,
+    #[value(alias = "shell")]
+    Sh,
+}
+
+#[derive(clap::Args)]
+struct RunArgs {
+    /// Language of the code (default: from the file's extension, else python).
+    #[arg(short, long, value_enum)]
+    lang: Option<LangArg>,
+    /// The code to run.
+    #[arg(short = 'c', long = "code", conflicts_with = "file")]
+    code: Option<String>,
+    /// A file with the code to run; `-` reads it from stdin.
+    #[arg(required_unless_present = "code")]
+    file: Option<PathBuf>,
+    /// Seconds the job may run before it is killed (0: no limit).
+    #[arg(long, default_value_t = 30.0)]
+    timeout: f64,
+    /// An environment variable for the job, NAME=VALUE (repeatable).
+    #[arg(long = "env", value_name = "NAME=VALUE", value_parser = parse_env)]
+    env: Vec<(String, String)>,
+    /// Working directory of the job in the guest (default: its home).
+    #[arg(long)]
+    cwd: Option<String>,
+    /// Guest memory in MiB.
+    #[arg(long, default_value_t = 256)]
+    memory: u32,
+    /// Guest CPUs.
+    #[arg(long, default_value_t = 1)]
+    cpus: u32,
+    /// Print one JSON object with the output, exit status and timings.
+    #[arg(long)]
+    json: bool,
+    /// Show the kernel console on stderr.
+    #[arg(long)]
+    debug: bool,
+    /// Accelerator: auto probes KVM once and remembers the verdict.
+    #[arg(long, value_enum, default_value = "auto")]
+    accel: Accel,
+    /// Guest kernel (default: $PID1_KERNEL, else build/bzImage).
+    #[arg(long)]
+    kernel: Option<PathBuf>,
+    /// Guest root filesystem (default: $PID1_ROOTFS, else build/rootfs.erofs).
+    #[arg(long)]
+    rootfs: Option<PathBuf>,
+    /// Bytes of stdout (and of stderr) kept before the rest is dropped.
+    #[arg(long, default_value_t = proto::DEFAULT_OUTPUT_LIMIT)]
+    output_limit: u32,
+}
+
+fn parse_env(text: &str) -> Result<(String, String), String> {
+    let (name, value) = text.split_once('=').ok_or_else(|| format!("`{text}` is not NAME=VALUE"))?;
+    Ok((name.to_owned(), value.to_owned()))
+}
+
+/// QEMU's pid and the VM directory, for the Ctrl-C handler.
+static RUNNING: Mutex<Option<(u32, PathBuf)>> = Mutex::new(None);
+
+fn main() -> ExitCode {
+    let Command::Run(args) = Cli::parse().command;
+    let _ = ctrlc::set_handler(|| {
+        if let Some((pid, dir)) = RUNNING.lock().ok().and_then(|mut r| r.take()) {
+            if let Some(pid) = rustix::process::Pid::from_raw(pid as i32) {
+                let _ = rustix::process::kill_process(pid, rustix::process::Signal::KILL);
+            }
+            let _ = std::fs::remove_dir_all(dir);
+        }
+        std::process::exit(130);
+    });
+    let json = args.json;
+    match run(args) {
+        Ok(code) => code,
+        Err(e) => {
+            let (code, kind, message) = match &e {
+                Error::Refused { kind, message } => (EXIT_REFUSED, format!("{kind:?}"), message.clone()),
+                Error::InvalidJob(message) => (EXIT_REFUSED, "InvalidJob".to_owned(), message.clone()),
+                other => (EXIT_FAILURE, "Vm".to_owned(), format!("{other:#}")),
+            };
+            if json {
+                println!("{}", json!({ "error": { "kind": kind, "message": message } }));
+            } else {
+                eprintln!("vmexec: {message}");
+            }
+            ExitCode::from(code)
+        }
+    }
+}
+
+fn run(args: RunArgs) -> Result<ExitCode, Error> {
+    let (code, lang) = read_code(&args)?;
+    let mut job = Job::new(lang, code);
+    job.env = args.env.clone();
+    job.cwd = args.cwd.clone();
+    job.timeout = (args.timeout > 0.0).then(|| Duration::from_secs_f64(args.timeout));
+    job.stdout_limit = args.output_limit;
+    job.stderr_limit = args.output_limit;
+
+    let mut config = VmConfig { memory_mb: args.memory, cpus: args.cpus, accel: args.accel, debug: args.debug, ..VmConfig::default() };
+    if let Some(kernel) = &args.kernel {
+        config.kernel = kernel.clone();
+    }
+    if let Some(rootfs) = &args.rootfs {
+        config.rootfs = rootfs.clone();
+    }
+
+    let started = Instant::now();
+    let mut vm = Vm::boot(&config)?;
+    *RUNNING.lock().expect("not poisoned") = Some(vm.resources());
+    let times = vm.times();
+
+    let sent = Instant::now();
+    let live = !args.json;
+    let outcome = vm.agent().run(&job, |stream, data| {
+        if live {
+            let _ = match stream {
+                Stream::Stdout => std::io::stdout().lock().write_all(data).and_then(|_| std::io::stdout().flush()),
+                Stream::Stderr => std::io::stderr().lock().write_all(data),
+            };
+        }
+    });
+    let exec_ms = sent.elapsed().as_secs_f64() * 1000.0;
+    let accel = vm.accel();
+    vm.shutdown()?;
+    *RUNNING.lock().expect("not poisoned") = None;
+    let outcome = outcome?;
+    let total_ms = started.elapsed().as_secs_f64() * 1000.0;
+
+    if args.json {
+        let exit_code = if outcome.timed_out { -1 } else { outcome.code() };
+        let object = json!({
+            "stdout": String::from_utf8_lossy(&outcome.stdout),
+            "stderr": String::from_utf8_lossy(&outcome.stderr),
+            "exit_code": exit_code,
+            "timed_out": outcome.timed_out,
+            "stdout_truncated": outcome.stdout_truncated,
+            "stderr_truncated": outcome.stderr_truncated,
+            "boot_ms": round(times.boot_ms),
+            "exec_ms": round(exec_ms),
+            "total_ms": round(total_ms),
+            "kernel_ms": round(times.kernel_ms),
+            "init_ms": round(times.init_ms),
+            "accel": accel,
+        });
+        println!("{object}");
+    }
+    Ok(ExitCode::from(if outcome.timed_out { EXIT_TIMEOUT } else { (outcome.code() & 0xff) as u8 }))
+}
+
+fn round(ms: f64) -> f64 {
+    (ms * 10.0).round() / 10.0
+}
+
+/// The code and its language, from `-c`, a file or stdin.
+fn read_code(args: &RunArgs) -> Result<(Vec<u8>, Lang), Error> {
+    let from_extension = |path: &PathBuf| match path.extension().and_then(|e| e.to_str()) {
+        Some("sh") => Some(Lang::Shell),
+        Some("py") => Some(Lang::Python),
+        _ => None,
+    };
+    let (code, guessed) = match (&args.code, &args.file) {
+        (Some(code), _) => (code.clone().into_bytes(), None),
+        (None, Some(path)) if path.as_os_str() == "-" => {
+            let mut code = Vec::new();
+            std::io::stdin().read_to_end(&mut code).map_err(|e| Error::InvalidJob(format!("cannot read stdin: {e}")))?;
+            (code, None)
+        }
+        (None, Some(path)) => {
+            let code = std::fs::read(path).map_err(|e| Error::InvalidJob(format!("cannot read {}: {e}", path.display())))?;
+            (code, from_extension(path))
+        }
+        (None, None) => return Err(Error::InvalidJob("no code: give -c CODE, a FILE, or - for stdin".into())),
+    };
+    let lang = match args.lang {
+        Some(LangArg::Python) => Lang::Python,
+        Some(LangArg::Sh) => Lang::Shell,
+        None => guessed.unwrap_or(Lang::Python),
+    };
+    Ok((code, lang))
+}
