@@ -1,0 +1,157 @@
+//! Runs the real release init on this machine, outside a VM: as a child
+//! subreaper, or as PID 1 of a new PID namespace, driven over a socketpair
+//! through the host library's `Agent`.
+#![allow(dead_code)]
+
+use std::os::unix::net::UnixStream;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use vmhost::{Agent, Job, Outcome};
+
+/// Longest any single read from the init may wait: a hung test fails
+/// instead of hanging CI.
+pub const READ_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// The release binary (`cargo build --release`), or `$PID1_BIN`.
+pub fn init_binary() -> PathBuf {
+    let path = std::env::var_os("PID1_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/release/pid1"));
+    assert!(path.is_file(), "no init binary at {}: run `cargo build --release -p pid1` (or `just build`)", path.display());
+    path
+}
+
+pub fn is_root() -> bool {
+    rustix::process::getuid().is_root()
+}
+
+/// A running init and the connection to it.
+pub struct Init {
+    child: Child,
+    pub agent: Agent,
+    /// The jobs' home directory (owned by the job user).
+    pub home: tempfile::TempDir,
+}
+
+pub enum Mode {
+    /// A plain child of the test, which makes itself a child subreaper.
+    Subreaper,
+    /// PID 1 of a new PID namespace with its own /proc.
+    Pid1,
+}
+
+impl Init {
+    pub fn start(mode: Mode) -> Init {
+        Init::start_with(mode, &[])
+    }
+
+    pub fn start_with(mode: Mode, extra: &[&str]) -> Init {
+        let home = tempfile::Builder::new().prefix("pid1-home-").tempdir().expect("temp home");
+        if is_root() {
+            let uid = rustix::process::Uid::from_raw(1000);
+            let gid = rustix::process::Gid::from_raw(1000);
+            rustix::fs::chown(home.path(), Some(uid), Some(gid)).expect("chown home");
+        }
+        let (ours, theirs) = UnixStream::pair().expect("socketpair");
+        let mut command = match mode {
+            Mode::Subreaper => Command::new(init_binary()),
+            Mode::Pid1 => {
+                assert!(is_root(), "PID-namespace tests need root (unshare --pid)");
+                let mut c = Command::new("unshare");
+                // --kill-child: if unshare dies, so does the namespace.
+                c.args(["--pid", "--fork", "--mount-proc", "--kill-child"]).arg(init_binary());
+                c
+            }
+        };
+        command.arg("--home").arg(home.path()).args(extra);
+        command
+            .stdin(Stdio::from(std::os::fd::OwnedFd::from(theirs.try_clone().expect("clone"))))
+            .stdout(Stdio::from(std::os::fd::OwnedFd::from(theirs)))
+            .stderr(Stdio::inherit());
+        let child = command.spawn().expect("spawn the init");
+        let mut agent = Agent::new(ours);
+        agent.set_timeout(Some(READ_TIMEOUT)).expect("timeout");
+        agent.wait_ready().expect("Ready from the init");
+        Init { child, agent, home }
+    }
+
+    /// Runs one job to its end.
+    pub fn run(&mut self, job: &Job) -> Outcome {
+        self.agent.run(job, |_, _| {}).unwrap_or_else(|e| panic!("job {job:?} failed: {e}"))
+    }
+
+    pub fn python(&mut self, code: &str) -> Outcome {
+        self.run(&Job::python(code))
+    }
+
+    pub fn shell(&mut self, code: &str) -> Outcome {
+        self.run(&Job::shell(code))
+    }
+
+    /// Asks the init to shut down and waits for it to exit.
+    pub fn shutdown(mut self) -> std::process::ExitStatus {
+        self.agent.shutdown().expect("send shutdown");
+        self.child.wait().expect("wait for the init")
+    }
+}
+
+impl Drop for Init {
+    fn drop(&mut self) {
+        let _ = self.agent.shutdown();
+        for _ in 0..200 {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+pub fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+/// A Python job that counts zombies whose parent is PID 1, polling until
+/// there are none (or 5 s pass), and prints `ZOMBIE_COUNT:<n>`.
+pub const ZOMBIE_SCAN: &str = r#"
+import os, time
+def zombies():
+    n = 0
+    for p in os.listdir('/proc'):
+        if not p.isdigit():
+            continue
+        try:
+            fields = dict(l.split(':', 1) for l in open(f'/proc/{p}/status') if ':' in l)
+        except OSError:
+            continue
+        if fields['State'].strip().startswith('Z') and fields['PPid'].strip() == '1':
+            n += 1
+    return n
+for _ in range(50):
+    n = zombies()
+    if n == 0:
+        break
+    time.sleep(0.1)
+print(f'ZOMBIE_COUNT:{n}')
+"#;
+
+/// A Python job that double-forks `n` orphans as fast as it can.
+pub fn double_forks(n: usize) -> String {
+    format!(
+        r#"
+import os
+for _ in range({n}):
+    pid = os.fork()
+    if pid == 0:
+        if os.fork() == 0:
+            os._exit(0)
+        os._exit(0)
+    os.waitpid(pid, 0)
+print('SPAWNED:{n}')
+"#
+    )
+}

@@ -1,0 +1,225 @@
+//! What a job does, end to end through the real init binary: output, exit
+//! codes, limits, timeouts, big code, concurrency.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{Init, Mode, text};
+use proto::{Exit, Stream};
+use vmhost::{GuestEvent, Job};
+
+#[test]
+fn python_and_shell_hello() {
+    let mut init = Init::start(Mode::Subreaper);
+    let out = init.python("print('hello from python')");
+    assert_eq!(text(&out.stdout), "hello from python\n");
+    assert_eq!((out.exit, out.stderr.len()), (Exit::Code(0), 0));
+    let out = init.shell("echo hello from sh; echo oops >&2");
+    assert_eq!(text(&out.stdout), "hello from sh\n");
+    assert_eq!(text(&out.stderr), "oops\n");
+    assert_eq!(out.exit, Exit::Code(0));
+    assert!(out.pid > 1);
+}
+
+#[test]
+fn exit_codes_and_signals() {
+    let mut init = Init::start(Mode::Subreaper);
+    assert_eq!(init.shell("exit 3").code(), 3);
+    assert_eq!(init.python("import sys; sys.exit(42)").code(), 42);
+    let out = init.python("raise SystemExit('bad')");
+    assert_eq!((out.code(), text(&out.stderr)), (1, "bad\n".to_owned()));
+    let out = init.shell("kill -TERM $$");
+    assert_eq!((out.exit, out.code()), (Exit::Signal(15), 143));
+    let out = init.python("import os; os.kill(os.getpid(), 11)");
+    assert_eq!((out.exit, out.code()), (Exit::Signal(11), 139));
+    let out = init.python("import ctypes; ctypes.string_at(0)");
+    assert_eq!(out.code(), 139, "a real SIGSEGV: {}", text(&out.stderr));
+}
+
+#[test]
+fn output_streams_in_order_as_produced() {
+    let mut init = Init::start(Mode::Subreaper);
+    // The job writes its next line only once the host has seen the previous
+    // one: output must reach the host while the job still runs, in order.
+    let acks = init.home.path().to_owned();
+    let code = format!(
+        "import os, sys, time\n\
+         def wait(n):\n    while not os.path.exists('{0}/ack-%d' % n): time.sleep(0.01)\n\
+         print('one'); wait(1)\n\
+         print('two', file=sys.stderr); wait(2)\n\
+         print('three')",
+        acks.display()
+    );
+    // Unbuffered print() writes the text and the newline separately: a line
+    // is complete (and acknowledged) at its newline.
+    let (mut seen, mut partial) = (Vec::new(), String::new());
+    let out = init
+        .agent
+        .run(&Job::python(code), |stream, data| {
+            partial.push_str(&text(data));
+            if partial.ends_with('\n') {
+                seen.push((stream, std::mem::take(&mut partial)));
+                std::fs::write(acks.join(format!("ack-{}", seen.len())), "").unwrap();
+            }
+        })
+        .unwrap();
+    assert_eq!(
+        seen,
+        vec![(Stream::Stdout, "one\n".into()), (Stream::Stderr, "two\n".into()), (Stream::Stdout, "three\n".into())]
+    );
+    assert_eq!(text(&out.stdout), "one\nthree\n");
+}
+
+#[test]
+fn output_is_byte_exact_up_to_one_mib() {
+    let mut init = Init::start(Mode::Subreaper);
+    let out = init.python("import sys; sys.stdout.buffer.write(bytes(range(256)) * 4096)");
+    let want: Vec<u8> = (0..=255u8).cycle().take(1 << 20).collect();
+    assert_eq!(out.stdout.len(), 1 << 20);
+    assert!(out.stdout == want, "1 MiB of every byte value comes back unchanged");
+    assert!(!out.stdout_truncated);
+    let out = init.shell("printf 'a\\0b\\r\\nc'");
+    assert_eq!(out.stdout, b"a\0b\r\nc");
+}
+
+#[test]
+fn output_past_the_limit_is_dropped_and_flagged() {
+    let mut init = Init::start(Mode::Subreaper);
+    let mut job = Job::python("import sys; sys.stdout.write('x' * 5000); sys.stderr.write('y' * 10)");
+    job.stdout_limit = 1000;
+    job.stderr_limit = 5;
+    let out = init.run(&job);
+    assert_eq!(out.stdout, vec![b'x'; 1000]);
+    assert_eq!(out.stderr, b"yyyyy");
+    assert!(out.stdout_truncated && out.stderr_truncated);
+    assert_eq!(out.exit, Exit::Code(0), "the job kept writing and was not blocked");
+    let out = init.shell("echo next");
+    assert_eq!(text(&out.stdout), "next\n");
+    assert!(!out.stdout_truncated);
+}
+
+#[test]
+fn timeout_kills_the_whole_tree_and_keeps_partial_output() {
+    let mut init = Init::start(Mode::Pid1);
+    let mut job = Job::shell(
+        "echo started; sh -c 'sleep 100; echo never' & sleep 100 & \
+         python3 -c 'import subprocess; subprocess.Popen([\"sleep\", \"100\"]); subprocess.run([\"sleep\", \"100\"])' & \
+         wait",
+    );
+    job.timeout = Some(Duration::from_millis(1500));
+    let out = init.run(&job);
+    assert!(out.timed_out);
+    assert_eq!(text(&out.stdout), "started\n");
+    assert_eq!(out.exit, Exit::Signal(15), "the leader died of the SIGTERM");
+    // Nothing of the job survives: only the init and the scanning job.
+    let out = init.python(
+        "import os\n\
+         print(sorted(int(p) for p in os.listdir('/proc') if p.isdigit() and int(p) != os.getpid()))",
+    );
+    assert_eq!(text(&out.stdout), "[1]\n");
+}
+
+#[test]
+fn sigterm_ignoring_job_is_killed_after_the_grace() {
+    let mut init = Init::start(Mode::Subreaper);
+    let mut job = Job::python("import signal, time\nsignal.signal(signal.SIGTERM, signal.SIG_IGN)\nprint('up', flush=True)\ntime.sleep(100)");
+    job.timeout = Some(Duration::from_millis(1000));
+    let out = init.run(&job);
+    assert!(out.timed_out);
+    assert_eq!((text(&out.stdout), out.exit), ("up\n".into(), Exit::Signal(9)));
+}
+
+#[test]
+fn background_process_holding_stdout_does_not_hang_the_job() {
+    let mut init = Init::start(Mode::Pid1);
+    let out = init.shell("sleep 100 & echo done");
+    assert_eq!((text(&out.stdout), out.exit, out.timed_out), ("done\n".into(), Exit::Code(0), false));
+    // The holder was killed with the job's group.
+    let out = init.shell("ps -o comm= 2>/dev/null || ls /proc | grep -c '^[0-9]'");
+    assert!(!text(&out.stdout).contains("sleep"), "{}", text(&out.stdout));
+}
+
+#[test]
+fn code_of_one_mib_runs() {
+    let mut init = Init::start(Mode::Subreaper);
+    let line = "x = 'a fairly long line of python that assigns a string'\n";
+    let mut code = line.repeat((proto::MAX_CODE as usize - 100) / line.len());
+    code.push_str("print(len(open('/proc/self/fd/3').read()))\n");
+    assert!(code.len() <= proto::MAX_CODE as usize && code.len() > (1 << 20) - 200);
+    let out = init.python(&code);
+    assert_eq!(text(&out.stdout).trim(), code.len().to_string(), "{}", text(&out.stderr));
+    let script = format!("{}echo $((1 + 1))\n", ": padding line for a large shell script\n".repeat(20_000));
+    assert!(script.len() > 128 * 1024, "larger than one argv string may be");
+    assert_eq!(text(&init.shell(&script).stdout), "2\n");
+}
+
+#[test]
+fn jobs_run_concurrently() {
+    let mut init = Init::start(Mode::Subreaper);
+    let dir = init.home.path().to_owned();
+    // The first job can only finish if the second runs at the same time.
+    let waiter = Job::python(format!(
+        "import os, time\nfor _ in range(300):\n    if os.path.exists('{0}/flag'): break\n    time.sleep(0.05)\nprint('saw flag' if os.path.exists('{0}/flag') else 'alone')",
+        dir.display()
+    ));
+    let setter = Job::shell(format!("sleep 0.3; touch {}/flag; echo set", dir.display()));
+    let a = init.agent.submit(&waiter).unwrap();
+    let b = init.agent.submit(&setter).unwrap();
+    let extra: Vec<u32> = (0..4).map(|i| init.agent.submit(&Job::shell(format!("echo {i}"))).unwrap()).collect();
+    let out_a = init.agent.wait_job(a, &mut |_, _| {}).unwrap();
+    let out_b = init.agent.wait_job(b, &mut |_, _| {}).unwrap();
+    assert_eq!(text(&out_a.stdout), "saw flag\n");
+    assert_eq!(text(&out_b.stdout), "set\n");
+    for (i, id) in extra.into_iter().enumerate() {
+        assert_eq!(text(&init.agent.wait_job(id, &mut |_, _| {}).unwrap().stdout), format!("{i}\n"));
+    }
+    let stats = init.agent.ping().unwrap();
+    assert_eq!((stats.jobs_started, stats.jobs_active), (6, 0));
+}
+
+#[test]
+fn signal_request_reaches_the_job() {
+    let mut init = Init::start(Mode::Subreaper);
+    let id = init.agent.submit(&Job::shell("echo ready; sleep 100")).unwrap();
+    // Wait until it runs, then kill it.
+    loop {
+        match init.agent.next_event().unwrap() {
+            GuestEvent::Output { .. } => break,
+            GuestEvent::Started { .. } => {}
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    init.agent.signal(id, 9).unwrap();
+    let out = init.agent.wait_job(id, &mut |_, _| {}).unwrap();
+    assert_eq!((out.exit, out.timed_out), (Exit::Signal(9), false));
+}
+
+#[test]
+fn env_cwd_home_and_stdin() {
+    let mut init = Init::start(Mode::Subreaper);
+    let mut job = Job::shell("echo \"$GREETING|$HOME|$(pwd)|$PATH\"; cat; echo end");
+    job.env = vec![("GREETING".into(), "hi there".into()), ("PATH".into(), "/bin:/usr/bin".into())];
+    job.cwd = Some("/tmp".into());
+    let out = init.run(&job);
+    let home = init.home.path().display().to_string();
+    assert_eq!(text(&out.stdout), format!("hi there|{home}|/tmp|/bin:/usr/bin\nend\n"));
+    let out = init.shell("pwd");
+    assert_eq!(text(&out.stdout), format!("{home}\n"), "home is the default working directory");
+}
+
+#[test]
+fn missing_interpreter_exits_127_with_a_message() {
+    let mut init = Init::start_with(Mode::Subreaper, &["--python", "/nonexistent/python3"]);
+    let out = init.python("print(1)");
+    assert_eq!(out.code(), 127);
+    assert!(text(&out.stderr).contains("cannot execute \"/nonexistent/python3\""), "{}", text(&out.stderr));
+    assert_eq!(text(&init.shell("echo still fine").stdout), "still fine\n");
+}
+
+#[test]
+fn end_of_the_port_shuts_the_init_down() {
+    let init = Init::start(Mode::Subreaper);
+    let status = init.shutdown();
+    assert!(status.success(), "{status}");
+}
