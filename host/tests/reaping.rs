@@ -1,0 +1,87 @@
+//! The PID-1 suite: the init as PID 1 of a fresh PID namespace reaps every
+//! process, orphans included. The zombie scenarios fail when orphan reaping
+//! is switched off: checked once with `reap_children` waiting only on job
+//! leaders, they read `ZOMBIE_COUNT:1` and `ZOMBIE_COUNT:3`, and the
+//! subreaper counted 0 of 10 orphans.
+
+mod common;
+
+use common::{Init, Mode, ZOMBIE_SCAN, double_forks, text};
+
+/// Runs `spawner`, then the zombie scan; returns the scan's line and how
+/// many orphans the init counted meanwhile.
+fn orphans_then_scan(init: &mut Init, spawner: &str, shell: bool) -> (String, u32) {
+    let before = init.agent.ping().unwrap().orphans_reaped;
+    let out = if shell { init.shell(spawner) } else { init.python(spawner) };
+    assert_eq!(out.code(), 0, "spawner failed: {}", text(&out.stderr));
+    let scan = init.python(ZOMBIE_SCAN);
+    let reaped = init.agent.ping().unwrap().orphans_reaped - before;
+    (text(&scan.stdout).trim().to_owned(), reaped)
+}
+
+#[test]
+fn double_forked_orphan_is_adopted_by_pid_1() {
+    let mut init = Init::start(Mode::Pid1);
+    let out = init.python(
+        "import os, time\n\
+         r, w = os.pipe()\n\
+         if os.fork() == 0:\n\
+         \x20   if os.fork() == 0:\n\
+         \x20       os.read(r, 1)\n\
+         \x20       print(f'ORPHAN_PPID:{os.getppid()}', flush=True)\n\
+         \x20       os._exit(0)\n\
+         \x20   os._exit(0)\n\
+         os.wait()\n\
+         time.sleep(0.1)\n\
+         os.write(w, b'x')\n\
+         time.sleep(0.5)",
+    );
+    assert_eq!(text(&out.stdout), "ORPHAN_PPID:1\n");
+}
+
+#[test]
+fn one_twenty_and_fifty_orphans_leave_no_zombie() {
+    let mut init = Init::start(Mode::Pid1);
+    for n in [1, 20, 50] {
+        let (scan, reaped) = orphans_then_scan(&mut init, &double_forks(n), false);
+        assert_eq!(scan, "ZOMBIE_COUNT:0", "after {n} orphans");
+        assert!(reaped >= n as u32, "{reaped} orphans reaped after {n} double forks");
+    }
+}
+
+#[test]
+fn shell_orphans_leave_no_zombie() {
+    let mut init = Init::start(Mode::Pid1);
+    let spawner = "for i in 1 2 3; do sh -c 'sh -c \"sleep 0.1\" &'; done; sleep 0.4";
+    let (scan, reaped) = orphans_then_scan(&mut init, spawner, true);
+    assert_eq!(scan, "ZOMBIE_COUNT:0");
+    assert!(reaped >= 3, "{reaped} shell orphans reaped");
+}
+
+#[test]
+fn subreaper_reaps_orphans_outside_a_namespace() {
+    let mut init = Init::start(Mode::Subreaper);
+    let before = init.agent.ping().unwrap().orphans_reaped;
+    let out = init.python(&double_forks(10));
+    assert_eq!(text(&out.stdout), "SPAWNED:10\n");
+    // The orphans may still be exiting: let the init catch up.
+    let mut reaped = 0;
+    for _ in 0..100 {
+        reaped = init.agent.ping().unwrap().orphans_reaped - before;
+        if reaped >= 10 {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    assert_eq!(reaped, 10);
+}
+
+#[test]
+fn shutdown_as_pid_1_ends_every_process() {
+    let mut init = Init::start(Mode::Pid1);
+    let mut job = vmhost::Job::shell("setsid sleep 100 & echo started");
+    job.timeout = None;
+    assert_eq!(text(&init.run(&job).stdout), "started\n");
+    let status = init.shutdown();
+    assert!(status.success(), "unshare reports the init's exit: {status}");
+}
