@@ -31,6 +31,16 @@ if [ "${#missing[@]}" -gt 0 ]; then
     (cd "$debs" && apt-get download -q "${missing[@]}" >&2)
 fi
 
+# The image is cached under a key over every input: the init, the package
+# list and versions, this script.
+key="$( { sha256sum "$init" "$here/packages.txt" "$0"; ls "$debs"; } | sha256sum | cut -c1-16)"
+image="$build/rootfs-$key.erofs"
+if [ -f "$image" ]; then
+    ln -sfn "$(basename "$image")" "$build/rootfs.erofs"
+    echo "$build/rootfs.erofs"
+    exit 0
+fi
+
 root="$build/rootfs.tmp"
 rm -rf "$root" && mkdir -p "$root"
 for deb in "$debs"/*.deb; do
@@ -40,6 +50,8 @@ done
 # Trim what a job never uses: docs, man pages, locales, the test suite,
 # GUI and packaging modules, static libraries, package metadata.
 rm -rf "$root"/usr/share/{doc,man,info,locale,lintian,bug,gdb} "$root"/etc/{init.d,cron.daily,logrotate.d}
+# iconv's converters: Python has its own codecs.
+rm -rf "$root"/usr/lib/x86_64-linux-gnu/gconv
 py="$root/usr/lib/python3.11"
 rm -rf "$py"/{test,idlelib,tkinter,turtledemo,ensurepip,lib2to3,distutils/tests,unittest/test,config-3.11-x86_64-linux-gnu}
 find "$root" -name '*.a' -delete
@@ -76,9 +88,10 @@ pyc="$(find "$py" -name '*.pyc' | wc -l)"
 [ "$pyc" -gt 500 ] || { echo "rootfs: only $pyc .pyc files compiled" >&2; exit 1; }
 
 find "$root" -exec touch -h -d "@$epoch" {} +
-image="$build/rootfs.erofs"
+rm -f "$build"/rootfs-*.erofs
 mkfs.erofs --quiet --all-root -T"$epoch" -U"$uuid" "$image.tmp" "$root" >&2
 mv "$image.tmp" "$image"
+ln -sfn "$(basename "$image")" "$build/rootfs.erofs"
 rm -rf "$root"
 echo "rootfs: $(du -h --apparent-size "$image" | cut -f1), $pyc .pyc files" >&2
-echo "$image"
+echo "$build/rootfs.erofs"

@@ -4,6 +4,10 @@
 //! The machine is pure: it takes what happened (leader reaped, pipe closed,
 //! timer fired) and answers with a [`Step`] for the event loop to carry out.
 
+// A refusal is formatted into a fixed buffer (no allocator); returning it by
+// value is the price, paid only on the error path.
+#![allow(clippy::result_large_err)]
+
 use core::fmt::Write;
 
 use proto::{Exit, Lang, MAX_CODE, Run};
@@ -86,13 +90,15 @@ pub struct CodeCheck {
 
 impl CodeCheck {
     pub fn feed(&mut self, chunk: &[u8]) {
-        if self.nul_at.is_none() {
-            if let Some(i) = chunk.iter().position(|&b| b == 0) {
-                self.nul_at = Some(self.seen + i as u32);
-            }
+        // Chunks are at most MAX_CHUNK and code at most MAX_CODE: the
+        // saturating conversions never saturate.
+        if self.nul_at.is_none()
+            && let Some(i) = chunk.iter().position(|&b| b == 0)
+        {
+            self.nul_at = Some(self.seen.saturating_add(u32::try_from(i).unwrap_or(u32::MAX)));
         }
         self.has_text |= chunk.iter().any(|b| !b.is_ascii_whitespace());
-        self.seen += chunk.len() as u32;
+        self.seen = self.seen.saturating_add(u32::try_from(chunk.len()).unwrap_or(u32::MAX));
     }
 
     pub fn verdict(&self) -> Result<(), Refusal> {
@@ -113,7 +119,8 @@ pub struct EnvBlock {
     len: usize,
     /// Start of each variable in `bytes`.
     starts: heapless::Vec<u16, { proto::MAX_ENV + DEFAULT_ENV.len() + 1 }>,
-    cwd: Option<(u16, u16)>,
+    /// Start of the working directory string in `bytes`.
+    cwd: Option<u16>,
 }
 
 /// Variables every job gets unless it sets them itself. HOME is added from
@@ -155,9 +162,9 @@ impl EnvBlock {
             self.push(&[b"HOME=", home]).ok_or_else(full)?;
         }
         if let Some(cwd) = run.cwd {
-            let start = self.len;
+            let start = u16::try_from(self.len).map_err(|_| full())?;
             self.append(&[cwd.as_bytes()]).ok_or_else(full)?;
-            self.cwd = Some((start as u16, cwd.len() as u16));
+            self.cwd = Some(start);
         }
         Ok(())
     }
@@ -170,9 +177,10 @@ impl EnvBlock {
     }
 
     fn push(&mut self, parts: &[&[u8]]) -> Option<()> {
-        let start = self.len;
+        // ENV_BYTES fits u16, and `append` keeps `len` within it.
+        let start = u16::try_from(self.len).ok()?;
         self.append(parts)?;
-        self.starts.push(start as u16).ok()
+        self.starts.push(start).ok()
     }
 
     /// Appends the parts and a NUL.
@@ -196,7 +204,7 @@ impl EnvBlock {
     }
 
     pub fn cwd(&self) -> Option<&core::ffi::CStr> {
-        self.cwd.map(|(start, _)| self.c_str_at(usize::from(start)))
+        self.cwd.map(|start| self.c_str_at(usize::from(start)))
     }
 
     fn c_str_at(&self, start: usize) -> &core::ffi::CStr {
@@ -222,9 +230,10 @@ impl Sink {
     /// Of `n` bytes just read, how many to forward; the rest are dropped and
     /// the stream flagged as truncated.
     pub fn admit(&mut self, n: usize) -> usize {
-        let room = (self.limit - self.sent) as usize;
+        let room = usize::try_from(self.limit - self.sent).unwrap_or(usize::MAX);
         let take = n.min(room);
-        self.sent += take as u32;
+        // take <= room, which came from a u32.
+        self.sent += u32::try_from(take).unwrap_or(0);
         if take < n {
             self.truncated = true;
         }
@@ -256,8 +265,11 @@ pub struct Step {
     pub finish: bool,
 }
 
-const SIGTERM: u8 = linux_raw_sys::general::SIGTERM as u8;
-const SIGKILL: u8 = linux_raw_sys::general::SIGKILL as u8;
+// Signal numbers are below 65.
+#[allow(clippy::cast_possible_truncation)]
+pub const SIGTERM: u8 = linux_raw_sys::general::SIGTERM as u8;
+#[allow(clippy::cast_possible_truncation)]
+pub const SIGKILL: u8 = linux_raw_sys::general::SIGKILL as u8;
 
 /// The life of a running job, without its descriptors.
 #[derive(Clone, Copy, Debug)]
@@ -374,13 +386,32 @@ impl JobTable {
 
     /// The running job whose leader is `pid`, if its leader is not reaped yet.
     pub fn by_leader(&self, pid: Pid) -> Option<usize> {
-        self.slots.iter().position(|s| {
-            matches!(&s.state, JobState::Running(r) if r.pid == pid && r.machine.leader.is_none())
-        })
+        self.slots.iter().position(
+            |s| matches!(&s.state, JobState::Running(r) if r.pid == pid && r.machine.leader.is_none()),
+        )
     }
 
     pub fn active(&self) -> u32 {
-        self.slots.iter().filter(|s| !matches!(s.state, JobState::Free)).count() as u32
+        // At most MAX_JOBS.
+        u32::try_from(self.slots.iter().filter(|s| !matches!(s.state, JobState::Free)).count()).unwrap_or(0)
+    }
+}
+
+impl Default for Machine {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Default for JobTable {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Default for EnvBlock {
+    fn default() -> Self {
+        Self::new()
     }
 }
 
@@ -409,7 +440,10 @@ mod tests {
             (Run { code_len: 0, ..run(&[], None) }, "code: empty"),
             (Run { code_len: MAX_CODE + 1, ..run(&[], None) }, "code:"),
             (run(&[Env { name: "", value: "x" }], None), "env[0].name: empty"),
-            (run(&[Env { name: "A", value: "1" }, Env { name: "B=C", value: "x" }], None), "env[1].name: contains '='"),
+            (
+                run(&[Env { name: "A", value: "1" }, Env { name: "B=C", value: "x" }], None),
+                "env[1].name: contains '='",
+            ),
             (run(&[Env { name: "A\0", value: "x" }], None), "env[0].name: contains a NUL"),
             (run(&[Env { name: "A", value: "x\0y" }], None), "env[0].value: contains a NUL"),
             (run(&[], Some("")), "cwd: empty"),

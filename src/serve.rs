@@ -4,7 +4,9 @@
 
 use core::mem::{self, MaybeUninit};
 
-use proto::{ErrorKind, Event, Exit, Exited, Frame, FrameReader, MAX_CHUNK, MAX_FRAME, Request, Run, Stats, Stream};
+use proto::{
+    ErrorKind, Event, Exit, Exited, Frame, FrameReader, MAX_CHUNK, MAX_FRAME, Request, Run, Stats, Stream,
+};
 use rustix::event::epoll;
 use rustix::fd::{AsFd, BorrowedFd, OwnedFd};
 use rustix::fs::{FileType, MemfdFlags};
@@ -13,7 +15,7 @@ use rustix::process::{WaitOptions, WaitStatus};
 use rustix::time::{Itimerspec, TimerfdClockId, TimerfdFlags, TimerfdTimerFlags, Timespec};
 
 use crate::config::{Config, USAGE};
-use crate::job::{self, JobState, JobTable, Loading, Machine, Running, Sink, Step, MAX_JOBS};
+use crate::job::{self, JobState, JobTable, Loading, MAX_JOBS, Machine, Running, SIGKILL, Sink, Step};
 use crate::spawn::{self, describe};
 use crate::sys::{self, SigSet};
 use crate::{boot, log};
@@ -24,12 +26,12 @@ const PORT_TX: u64 = 1;
 const SIGNALS: u64 = 2;
 const JOB_BASE: u64 = 16;
 /// stdout pipe, stderr pipe, timer.
-const PER_JOB: u64 = 3;
-const TIMER: u64 = 2;
+const PER_JOB: usize = 3;
+const TIMER: usize = 2;
 
 /// Events taken per `epoll_wait`: one per job descriptor and the fixed ones
 /// fit, so one round sees everything that is ready.
-const EVENTS: usize = MAX_JOBS * PER_JOB as usize + 3;
+const EVENTS: usize = MAX_JOBS * PER_JOB + 3;
 
 /// Bytes of events waiting for the host. Pipe reads stop while less than one
 /// frame of room is left, so job output waits in its pipes (and the jobs
@@ -39,8 +41,6 @@ pub const TX_CAP: usize = 4 * MAX_FRAME;
 /// Reads of a pipe at a job's end, after its group is killed: a full pipe
 /// (64 KiB) is two reads of `MAX_CHUNK`; four leave margin.
 const FINAL_READS: usize = 4;
-
-const SIGKILL: u8 = linux_raw_sys::general::SIGKILL as u8;
 
 /// Signals the init holds back and reads from its signalfd instead.
 const HANDLED: SigSet = SigSet::new()
@@ -242,10 +242,10 @@ impl Server {
                     PORT_TX => self.tx.flush(),
                     SIGNALS => self.read_signals(),
                     token => {
-                        let slot = ((token - JOB_BASE) / PER_JOB) as usize;
-                        match (token - JOB_BASE) % PER_JOB {
-                            TIMER => self.on_timer(slot),
-                            stream => self.on_pipe(slot, stream as usize),
+                        let index = usize::try_from(token - JOB_BASE).unwrap_or(usize::MAX);
+                        match (index / PER_JOB, index % PER_JOB) {
+                            (slot, TIMER) => self.on_timer(slot),
+                            (slot, stream) => self.on_pipe(slot, stream),
                         }
                     }
                 }
@@ -271,7 +271,7 @@ impl Server {
                 if let JobState::Running(job) = &slot.state {
                     for (stream, pipe) in job.pipes.iter().enumerate() {
                         if let Some(pipe) = pipe {
-                            let _ = rewatch(&self.epoll, pipe, job_token(i, stream as u64), !pause);
+                            let _ = rewatch(&self.epoll, pipe, job_token(i, stream), !pause);
                         }
                     }
                 }
@@ -299,14 +299,22 @@ impl Server {
             input = &input[used..];
             let Some(frame) = frame else { continue };
             match frame {
-                Frame::Oversize => {
-                    error(&mut self.tx, None, ErrorKind::Oversize, "frame longer than MAX_FRAME (65536 bytes), dropped")
-                }
+                Frame::Oversize => error(
+                    &mut self.tx,
+                    None,
+                    ErrorKind::Oversize,
+                    "frame longer than MAX_FRAME (65536 bytes), dropped",
+                ),
                 Frame::Corrupt => error(&mut self.tx, None, ErrorKind::Malformed, "frame is not valid COBS"),
                 Frame::Message(bytes) => match proto::decode::<Request<'_>>(bytes) {
                     Ok(Request::Shutdown) => stop = true,
                     Ok(request) => handle(
-                        Ctx { config: &self.config, epoll: &self.epoll, tx: &mut self.tx, jobs: &mut self.jobs },
+                        Ctx {
+                            config: &self.config,
+                            epoll: &self.epoll,
+                            tx: &mut self.tx,
+                            jobs: &mut self.jobs,
+                        },
                         &mut self.jobs_started,
                         self.orphans_reaped,
                         self.paused,
@@ -315,7 +323,9 @@ impl Server {
                     Err(_) if bytes[0] >= proto::REQUEST_VARIANTS => {
                         error(&mut self.tx, None, ErrorKind::UnknownMessage, "unknown message tag")
                     }
-                    Err(_) => error(&mut self.tx, None, ErrorKind::Malformed, "frame does not decode as a request"),
+                    Err(_) => {
+                        error(&mut self.tx, None, ErrorKind::Malformed, "frame does not decode as a request")
+                    }
                 },
             }
         }
@@ -387,7 +397,8 @@ impl Server {
             Ok(n) => {
                 let take = job.sinks[stream].admit(n);
                 if take > 0 {
-                    let event = Event::Output { job: job.id, stream: stream_of(stream), data: &self.buf[..take] };
+                    let event =
+                        Event::Output { job: job.id, stream: stream_of(stream), data: &self.buf[..take] };
                     self.tx.send(&event);
                 }
             }
@@ -434,7 +445,11 @@ impl Server {
                 let Ok(n @ 1..) = rustix::io::read(pipe, &mut self.buf) else { break };
                 let take = job.sinks[stream].admit(n);
                 if take > 0 {
-                    self.tx.send(&Event::Output { job: job.id, stream: stream_of(stream), data: &self.buf[..take] });
+                    self.tx.send(&Event::Output {
+                        job: job.id,
+                        stream: stream_of(stream),
+                        data: &self.buf[..take],
+                    });
                 }
             }
         }
@@ -577,7 +592,10 @@ fn start_job(ctx: Ctx<'_>, id: u32, paused: bool, jobs_started: &mut u32) {
     let Some(i) = ctx.jobs.find(id) else { return };
     let slot = &mut ctx.jobs.slots[i];
     let JobState::Loading(job) = mem::replace(&mut slot.state, JobState::Free) else { return };
-    let timer = match rustix::time::timerfd_create(TimerfdClockId::Monotonic, TimerfdFlags::NONBLOCK | TimerfdFlags::CLOEXEC) {
+    let timer = match rustix::time::timerfd_create(
+        TimerfdClockId::Monotonic,
+        TimerfdFlags::NONBLOCK | TimerfdFlags::CLOEXEC,
+    ) {
         Ok(timer) => timer,
         Err(e) => return error(ctx.tx, Some(id), ErrorKind::Spawn, describe(e)),
     };
@@ -586,14 +604,17 @@ fn start_job(ctx: Ctx<'_>, id: u32, paused: bool, jobs_started: &mut u32) {
         Ok(spawned) => spawned,
         Err((what, e)) => {
             let mut text = job::Refusal::new();
-            let _ = core::fmt::Write::write_fmt(&mut text, format_args!("cannot start the job: {what}: {}", describe(e)));
+            let _ = core::fmt::Write::write_fmt(
+                &mut text,
+                format_args!("cannot start the job: {what}: {}", describe(e)),
+            );
             return error(ctx.tx, Some(id), ErrorKind::Spawn, &text);
         }
     };
     // The code memfd is dropped here: the child holds its own copy.
     let [stdout, stderr] = spawned.pipes;
     for (stream, pipe) in [&stdout, &stderr].into_iter().enumerate() {
-        let _ = watch(ctx.epoll, pipe, job_token(i, stream as u64), !paused);
+        let _ = watch(ctx.epoll, pipe, job_token(i, stream), !paused);
     }
     let _ = watch(ctx.epoll, &timer, job_token(i, TIMER), true);
     if job.timeout_ms > 0 {
@@ -645,8 +666,8 @@ fn write_all(fd: BorrowedFd<'_>, mut data: &[u8]) -> rustix::io::Result<()> {
     Ok(())
 }
 
-fn job_token(slot: usize, kind: u64) -> u64 {
-    JOB_BASE + slot as u64 * PER_JOB + kind
+fn job_token(slot: usize, kind: usize) -> u64 {
+    JOB_BASE + (slot * PER_JOB + kind) as u64
 }
 
 fn stream_of(index: usize) -> Stream {
@@ -682,8 +703,9 @@ fn arm(timer: &OwnedFd, ms: u32) {
 
 fn exit_of(status: WaitStatus) -> Exit {
     match (status.exit_status(), status.terminating_signal()) {
-        (Some(code), _) => Exit::Code(code as u8),
-        (None, Some(signal)) => Exit::Signal(signal as u8),
+        // Exit codes are 0-255 and signals 1-64: the conversions are exact.
+        (Some(code), _) => Exit::Code(u8::try_from(code & 0xff).unwrap_or(u8::MAX)),
+        (None, Some(signal)) => Exit::Signal(u8::try_from(signal).unwrap_or(u8::MAX)),
         // Stopped or continued: not requested (no WUNTRACED), never seen.
         (None, None) => Exit::Code(u8::MAX),
     }

@@ -37,7 +37,12 @@ pub struct Spawned {
 }
 
 /// Forks the interpreter for `lang` on the code in `code`.
-pub fn spawn(config: &Config, lang: Lang, code: BorrowedFd<'_>, env: &EnvBlock) -> Result<Spawned, (&'static str, Errno)> {
+pub fn spawn(
+    config: &Config,
+    lang: Lang,
+    code: BorrowedFd<'_>,
+    env: &EnvBlock,
+) -> Result<Spawned, (&'static str, Errno)> {
     let interpreter = match lang {
         Lang::Python => config.python,
         Lang::Shell => config.shell,
@@ -59,7 +64,14 @@ pub fn spawn(config: &Config, lang: Lang, code: BorrowedFd<'_>, env: &EnvBlock) 
     match sys::fork().map_err(|e| ("fork", e))? {
         Some(pid) => Ok(Spawned { pid, pipes: [out_read, err_read] }),
         None => {
-            let child = Child { config, interpreter, cwd, code, stdout: out_write.as_fd(), stderr: err_write.as_fd() };
+            let child = Child {
+                config,
+                interpreter,
+                cwd,
+                code,
+                stdout: out_write.as_fd(),
+                stderr: err_write.as_fd(),
+            };
             child.exec(&argv, &envp)
         }
     }

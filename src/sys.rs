@@ -150,13 +150,13 @@ pub unsafe extern "C" fn memmove(dst: *mut u8, src: *const u8, n: usize) -> *mut
 
 /// # Safety
 ///
-/// `dst` valid for `n` bytes.
+/// `dst` valid for `n` bytes. As in C, the fill is `c` converted to a byte.
 #[cfg(not(test))]
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn memset(dst: *mut u8, c: i32, n: usize) -> *mut u8 {
     // SAFETY: the caller gives a valid range; the direction flag is clear.
     unsafe {
-        asm!("rep stosb", inout("rcx") n => _, inout("rdi") dst => _, in("al") c as u8,
+        asm!("rep stosb", inout("rcx") n => _, inout("rdi") dst => _, in("al") c.to_le_bytes()[0],
              options(nostack, preserves_flags));
     }
     dst
@@ -205,7 +205,7 @@ pub unsafe extern "C" fn strlen(s: *const u8) -> usize {
 /// Raw `syscall` with up to four arguments; negative results are errnos.
 fn ret(value: isize) -> Result<usize> {
     if (-4095..0).contains(&value) {
-        Err(Errno::from_raw_os_error(-value as i32))
+        Err(Errno::from_raw_os_error(i32::try_from(-value).unwrap_or(0)))
     } else {
         Ok(value as usize)
     }
@@ -237,7 +237,7 @@ pub fn fork() -> Result<Option<Pid>> {
     // fork takes no arguments. The child is a copy of a one-thread process,
     // so it inherits no lock held by another thread.
     let pid = syscall!(sys::__NR_fork)?;
-    Ok(Pid::from_raw(pid as i32))
+    Ok(i32::try_from(pid).ok().and_then(Pid::from_raw))
 }
 
 /// `execve(path, argv, envp)` — returns only on failure.
@@ -259,8 +259,9 @@ pub fn execve(path: &CStr, argv: &[*const u8], envp: &[*const u8]) -> Errno {
 /// or the init outside a VM).
 pub fn exit(code: u8) -> ! {
     // exit_group takes a plain int and does not return.
-    let _ = syscall!(sys::__NR_exit_group, code);
-    loop {}
+    loop {
+        let _ = syscall!(sys::__NR_exit_group, code);
+    }
 }
 
 /// A set of signals in the kernel's layout (64 bits on x86_64).
@@ -348,7 +349,11 @@ pub fn kill_all() {
 fn owned(fd: usize) -> OwnedFd {
     // SAFETY: `fd` was just returned by a syscall that creates a descriptor;
     // nothing else owns it.
-    unsafe { OwnedFd::from_raw_fd(fd as RawFd) }
+    // Descriptor numbers are ints: the conversion is exact.
+    #[allow(clippy::cast_possible_truncation)]
+    unsafe {
+        OwnedFd::from_raw_fd(fd as RawFd)
+    }
 }
 
 /// Descriptors 0, 1 and 2, which the process is started with.

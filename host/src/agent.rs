@@ -63,7 +63,9 @@ impl From<Event<'_>> for GuestEvent {
             Event::Started { job, pid } => GuestEvent::Started { job, pid },
             Event::Output { job, stream, data } => GuestEvent::Output { job, stream, data: data.to_vec() },
             Event::Exited(exited) => GuestEvent::Exited(exited),
-            Event::Error { job, kind, message } => GuestEvent::Error { job, kind, message: message.to_owned() },
+            Event::Error { job, kind, message } => {
+                GuestEvent::Error { job, kind, message: message.to_owned() }
+            }
             Event::Pong { seq, stats } => GuestEvent::Pong { seq, stats },
         }
     }
@@ -164,10 +166,10 @@ impl Agent {
             env.push(Env { name, value })
                 .map_err(|_| Error::InvalidJob(format!("env: more than {} variables", proto::MAX_ENV)))?;
         }
-        let code_len = u32::try_from(job.code.len())
-            .ok()
-            .filter(|&n| n <= proto::MAX_CODE)
-            .ok_or_else(|| Error::InvalidJob(format!("code: {} bytes, more than {}", job.code.len(), proto::MAX_CODE)))?;
+        let code_len =
+            u32::try_from(job.code.len()).ok().filter(|&n| n <= proto::MAX_CODE).ok_or_else(|| {
+                Error::InvalidJob(format!("code: {} bytes, more than {}", job.code.len(), proto::MAX_CODE))
+            })?;
         let timeout_ms = job.timeout.map_or(0, |t| u32::try_from(t.as_millis()).unwrap_or(u32::MAX).max(1));
         let run = Run {
             job: id,
@@ -179,7 +181,8 @@ impl Agent {
             stdout_limit: job.stdout_limit,
             stderr_limit: job.stderr_limit,
         };
-        let mut frames = postcard::to_stdvec_cobs(&Request::Run(run)).map_err(|e| Error::Protocol(e.to_string()))?;
+        let mut frames =
+            postcard::to_stdvec_cobs(&Request::Run(run)).map_err(|e| Error::Protocol(e.to_string()))?;
         for chunk in job.code.chunks(proto::MAX_CHUNK) {
             let code = Request::Code { job: id, data: chunk };
             frames.extend(postcard::to_stdvec_cobs(&code).map_err(|e| Error::Protocol(e.to_string()))?);

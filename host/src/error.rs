@@ -6,7 +6,9 @@ use proto::ErrorKind;
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    #[error("QEMU is not installed ({0} not found); install it with `apt-get install qemu-system-x86` or `just setup`")]
+    #[error(
+        "QEMU is not installed ({0} not found); install it with `apt-get install qemu-system-x86` or `just setup`"
+    )]
     NoQemu(String),
     #[error("no guest kernel at {0}; build it with `just kernel`")]
     NoKernel(PathBuf),

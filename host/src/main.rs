@@ -130,7 +130,13 @@ fn run(args: RunArgs) -> Result<ExitCode, Error> {
     job.stdout_limit = args.output_limit;
     job.stderr_limit = args.output_limit;
 
-    let mut config = VmConfig { memory_mb: args.memory, cpus: args.cpus, accel: args.accel, debug: args.debug, ..VmConfig::default() };
+    let mut config = VmConfig {
+        memory_mb: args.memory,
+        cpus: args.cpus,
+        accel: args.accel,
+        debug: args.debug,
+        ..VmConfig::default()
+    };
     if let Some(kernel) = &args.kernel {
         config.kernel = kernel.clone();
     }
@@ -148,7 +154,9 @@ fn run(args: RunArgs) -> Result<ExitCode, Error> {
     let outcome = vm.agent().run(&job, |stream, data| {
         if live {
             let _ = match stream {
-                Stream::Stdout => std::io::stdout().lock().write_all(data).and_then(|_| std::io::stdout().flush()),
+                Stream::Stdout => {
+                    std::io::stdout().lock().write_all(data).and_then(|_| std::io::stdout().flush())
+                }
                 Stream::Stderr => std::io::stderr().lock().write_all(data),
             };
         }
@@ -196,14 +204,19 @@ fn read_code(args: &RunArgs) -> Result<(Vec<u8>, Lang), Error> {
         (Some(code), _) => (code.clone().into_bytes(), None),
         (None, Some(path)) if path.as_os_str() == "-" => {
             let mut code = Vec::new();
-            std::io::stdin().read_to_end(&mut code).map_err(|e| Error::InvalidJob(format!("cannot read stdin: {e}")))?;
+            std::io::stdin()
+                .read_to_end(&mut code)
+                .map_err(|e| Error::InvalidJob(format!("cannot read stdin: {e}")))?;
             (code, None)
         }
         (None, Some(path)) => {
-            let code = std::fs::read(path).map_err(|e| Error::InvalidJob(format!("cannot read {}: {e}", path.display())))?;
+            let code = std::fs::read(path)
+                .map_err(|e| Error::InvalidJob(format!("cannot read {}: {e}", path.display())))?;
             (code, from_extension(path))
         }
-        (None, None) => return Err(Error::InvalidJob("no code: give -c CODE, a FILE, or - for stdin".into())),
+        (None, None) => {
+            return Err(Error::InvalidJob("no code: give -c CODE, a FILE, or - for stdin".into()));
+        }
     };
     let lang = match args.lang {
         Some(LangArg::Python) => Lang::Python,

@@ -312,7 +312,8 @@ fn qemu_command(config: &VmConfig, accel: Accel, socket: &Path, console: &Path) 
     c.args(["-device", "virtio-rng-device"]);
     let chardev = format!("socket,id=agent,path={}", socket.display());
     c.args(["-device", "virtio-serial-device", "-chardev", &chardev, "-device", "virtconsole,chardev=agent"]);
-    let serial = if config.debug { "file:/dev/stderr".to_owned() } else { format!("file:{}", console.display()) };
+    let serial =
+        if config.debug { "file:/dev/stderr".to_owned() } else { format!("file:{}", console.display()) };
     c.args(["-serial", &serial]);
     c
 }

@@ -66,7 +66,11 @@ fn output_streams_in_order_as_produced() {
         .unwrap();
     assert_eq!(
         seen,
-        vec![(Stream::Stdout, "one\n".into()), (Stream::Stderr, "two\n".into()), (Stream::Stdout, "three\n".into())]
+        vec![
+            (Stream::Stdout, "one\n".into()),
+            (Stream::Stderr, "two\n".into()),
+            (Stream::Stdout, "three\n".into())
+        ]
     );
     assert_eq!(text(&out.stdout), "one\nthree\n");
 }
@@ -123,7 +127,9 @@ fn timeout_kills_the_whole_tree_and_keeps_partial_output() {
 #[test]
 fn sigterm_ignoring_job_is_killed_after_the_grace() {
     let mut init = Init::start(Mode::Subreaper);
-    let mut job = Job::python("import signal, time\nsignal.signal(signal.SIGTERM, signal.SIG_IGN)\nprint('up', flush=True)\ntime.sleep(100)");
+    let mut job = Job::python(
+        "import signal, time\nsignal.signal(signal.SIGTERM, signal.SIG_IGN)\nprint('up', flush=True)\ntime.sleep(100)",
+    );
     job.timeout = Some(Duration::from_millis(1000));
     let out = init.run(&job);
     assert!(out.timed_out);
@@ -166,7 +172,8 @@ fn jobs_run_concurrently() {
     let setter = Job::shell(format!("sleep 0.3; touch {}/flag; echo set", dir.display()));
     let a = init.agent.submit(&waiter).unwrap();
     let b = init.agent.submit(&setter).unwrap();
-    let extra: Vec<u32> = (0..4).map(|i| init.agent.submit(&Job::shell(format!("echo {i}"))).unwrap()).collect();
+    let extra: Vec<u32> =
+        (0..4).map(|i| init.agent.submit(&Job::shell(format!("echo {i}"))).unwrap()).collect();
     let out_a = init.agent.wait_job(a, &mut |_, _| {}).unwrap();
     let out_b = init.agent.wait_job(b, &mut |_, _| {}).unwrap();
     assert_eq!(text(&out_a.stdout), "saw flag\n");

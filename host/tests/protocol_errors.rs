@@ -118,7 +118,11 @@ fn code_longer_than_announced_is_refused() {
 }
 
 fn next_error_for(init: &mut Init, id: u32) -> ErrorKind {
-    match init.agent.next_event_for(|e| matches!(e, GuestEvent::Error { job: Some(j), .. } if *j == id)).unwrap() {
+    match init
+        .agent
+        .next_event_for(|e| matches!(e, GuestEvent::Error { job: Some(j), .. } if *j == id))
+        .unwrap()
+    {
         GuestEvent::Error { kind, .. } => kind,
         _ => unreachable!(),
     }

@@ -42,10 +42,10 @@ fn double_forked_orphan_is_adopted_by_pid_1() {
 #[test]
 fn one_twenty_and_fifty_orphans_leave_no_zombie() {
     let mut init = Init::start(Mode::Pid1);
-    for n in [1, 20, 50] {
-        let (scan, reaped) = orphans_then_scan(&mut init, &double_forks(n), false);
+    for n in [1u32, 20, 50] {
+        let (scan, reaped) = orphans_then_scan(&mut init, &double_forks(n as usize), false);
         assert_eq!(scan, "ZOMBIE_COUNT:0", "after {n} orphans");
-        assert!(reaped >= n as u32, "{reaped} orphans reaped after {n} double forks");
+        assert!(reaped >= n, "{reaped} orphans reaped after {n} double forks");
     }
 }
 

@@ -5,6 +5,9 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use crate::MAX_ENV;
 
 /// Host → init.
+// `Run` carries its environment inline (no allocator in the init to box it);
+// a request lives on the init's stack for one call, so its size is harmless.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Request<'a> {
     /// Opens a job. Its code follows in [`Request::Code`] chunks; the job

@@ -33,11 +33,8 @@ fn read_all<const N: usize>(stream: &[u8], step: usize) -> Vec<Result<Vec<u8>, &
 
 #[test]
 fn one_byte_chunks() {
-    let msgs = [
-        Request::Ping { seq: 1 },
-        Request::Code { job: 2, data: &[0, 1, 0, 0, 255] },
-        Request::Shutdown,
-    ];
+    let msgs =
+        [Request::Ping { seq: 1 }, Request::Code { job: 2, data: &[0, 1, 0, 0, 255] }, Request::Shutdown];
     let stream: Vec<u8> = msgs.iter().flat_map(frame_of).collect();
     let want: Vec<_> = msgs.iter().map(|m| Ok(decoded(m))).collect();
     for step in [1, 2, 3, 7, stream.len()] {

@@ -19,7 +19,11 @@ pub fn init_binary() -> PathBuf {
     let path = std::env::var_os("PID1_BIN")
         .map(PathBuf::from)
         .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/release/pid1"));
-    assert!(path.is_file(), "no init binary at {}: run `cargo build --release -p pid1` (or `just build`)", path.display());
+    assert!(
+        path.is_file(),
+        "no init binary at {}: run `cargo build --release -p pid1` (or `just build`)",
+        path.display()
+    );
     path
 }
 

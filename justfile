@@ -1,0 +1,77 @@
+# pid1: every workflow. `just --list` describes each recipe.
+
+set shell := ["bash", "-euo", "pipefail", "-c"]
+set positional-arguments
+
+build := justfile_directory() / "build"
+
+# List the recipes
+default:
+    @just --list --unsorted
+
+# ---- setup --------------------------------------------------------------
+
+# Install the Debian packages for the build, the guest image and the tests
+setup:
+    #!/usr/bin/env bash
+    set -euo pipefail
+    packages=(qemu-system-x86 erofs-utils linux-source-6.1 busybox-static python3 \
+              build-essential bc bison flex libelf-dev libssl-dev xz-utils util-linux)
+    missing=()
+    for p in "${packages[@]}"; do
+        dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+    done
+    if [ "${#missing[@]}" -eq 0 ]; then echo "setup: all packages present"; exit 0; fi
+    sudo=""; [ "$(id -u)" = 0 ] || sudo=sudo
+    echo "setup: installing ${missing[*]}"
+    $sudo apt-get update -q
+    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -q --no-install-recommends "${missing[@]}"
+
+# ---- build --------------------------------------------------------------
+
+# Build the init (static, no_std) and the host CLI `vmexec`, release mode
+build:
+    cargo build --release -p pid1
+    cargo build --release -p host
+
+# Print the size of the stripped init binary
+size: build
+    @echo "pid1: $(stat -c %s target/release/pid1) bytes ($(( $(stat -c %s target/release/pid1) / 1024 )) KiB), static: $(readelf -d target/release/pid1 2>&1 | grep -q 'no dynamic section' && echo yes || echo NO)"
+
+# Build the guest kernel from linux-source-6.1 (cached by config + source version)
+kernel:
+    kernel="$(rootfs/build-kernel.sh)" && ln -sfn "${kernel#{{build}}/}" "{{build}}/bzImage"
+
+# Build the guest root filesystem image with the current init (cached)
+rootfs: build
+    rootfs/build-rootfs.sh target/release/pid1 >/dev/null
+
+# Build everything a VM needs: init, CLI, kernel, root filesystem
+image: kernel rootfs
+
+# Run Python code in a fresh VM, e.g. `just run 'print(1+1)'`; more vmexec flags may follow
+run code *flags: image
+    target/release/vmexec run -c "$1" "${@:2}"
+
+# ---- checks -------------------------------------------------------------
+
+# Check formatting and lints (clippy with warnings as errors)
+lint:
+    cargo fmt --all --check
+    cargo clippy --release -p pid1 -- -D warnings
+    cargo clippy --release -p proto -p host --all-targets --features proto/std -- -D warnings
+
+# Run every test: unit, wire, the init on this host (subreaper and PID 1), and VMs under QEMU
+test: lint image
+    cargo test --release -p pid1 --lib
+    cargo test --release -p proto --features std
+    cargo test --release -p host
+
+# What CI runs
+ci: test
+
+# ---- benchmarks ---------------------------------------------------------
+
+# Boot N VMs, alternating with a busybox-sh baseline init; medians and ratios
+bench-boot n="10": image
+    python3 bench/boot.py --runs "$1"
