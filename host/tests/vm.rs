@@ -1,0 +1,258 @@
+//! The real thing: the kernel boots the init in a QEMU microVM (TCG here),
+//! and jobs run through the host library and the `vmexec` CLI. Needs the
+//! guest image (`just image`).
+
+use std::process::{Command, Output};
+use std::time::Duration;
+
+use proto::{Exit, Stream};
+use vmhost::{Job, Vm, VmConfig};
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+fn boot() -> Vm {
+    let config = VmConfig::default();
+    assert!(
+        config.kernel.is_file() && config.rootfs.is_file(),
+        "no guest image at {} / {}: run `just image`",
+        config.kernel.display(),
+        config.rootfs.display()
+    );
+    Vm::boot(&config).unwrap_or_else(|e| panic!("boot failed: {e}"))
+}
+
+fn run(vm: &mut Vm, job: &Job) -> vmhost::Outcome {
+    vm.agent().run(job, |_, _| {}).unwrap_or_else(|e| panic!("{job:?}: {e}"))
+}
+
+/// One VM, many jobs: what a notebook or an agent session does.
+#[test]
+fn one_vm_serves_many_jobs() {
+    let mut vm = boot();
+    let times = vm.times();
+    assert!(times.kernel_ms > 0.0 && times.init_ms >= 0.0 && times.boot_ms > times.kernel_ms, "{times:?}");
+
+    let out = run(&mut vm, &Job::python("print('hello from the guest')"));
+    assert_eq!((text(&out.stdout), out.exit), ("hello from the guest\n".into(), Exit::Code(0)));
+    let out = run(&mut vm, &Job::shell("echo sh; echo err >&2; exit 5"));
+    assert_eq!((text(&out.stdout), text(&out.stderr), out.code()), ("sh\n".into(), "err\n".into(), 5));
+    let out = run(&mut vm, &Job::python("import os; os.kill(os.getpid(), 9)"));
+    assert_eq!(out.code(), 137);
+
+    // Large output, byte for byte.
+    let out = run(&mut vm, &Job::python("import sys; sys.stdout.buffer.write(bytes(range(256)) * 4096)"));
+    let want: Vec<u8> = (0..=255u8).cycle().take(1 << 20).collect();
+    assert!(out.stdout == want && !out.stdout_truncated, "1 MiB came back unchanged");
+
+    // A timeout kills the tree and keeps what was printed.
+    let mut job = Job::shell("echo partial; sleep 100 & sleep 100");
+    job.timeout = Some(Duration::from_millis(1500));
+    let out = run(&mut vm, &job);
+    assert!(out.timed_out);
+    assert_eq!(text(&out.stdout), "partial\n");
+
+    // Streaming: the first chunk arrives before the job ends.
+    let mut first = None;
+    let job = Job::python("import time\nprint('early', flush=True)\ntime.sleep(1)\nprint('late')");
+    let out = vm.agent().run(&job, |stream, data| {
+        first.get_or_insert((stream, text(data)));
+    });
+    assert_eq!(first, Some((Stream::Stdout, "early".into())));
+    assert_eq!(text(&out.unwrap().stdout), "early\nlate\n");
+
+    let stats = vm.agent().ping().unwrap();
+    assert_eq!(stats.jobs_active, 0);
+    assert_eq!(stats.jobs_started, 6);
+    vm.shutdown().unwrap();
+}
+
+/// The sandbox the init sets up: mounts, users, devices, stdlib.
+#[test]
+fn guest_environment() {
+    let mut vm = boot();
+    let out = run(
+        &mut vm,
+        &Job::shell(
+            "id -u; echo $HOME; pwd; \
+             ls /dev/mem /dev/kmem /dev/port 2>&1 | wc -l; ls /dev/mem 2>/dev/null | wc -l; \
+             stat -c '%a %U' /tmp /home/user; \
+             touch /tmp/t /home/user/t /dev/shm/t && echo writable; \
+             touch /etc/t 2>/dev/null || echo root-is-read-only; \
+             ls /proc | grep -cx 1",
+        ),
+    );
+    assert_eq!(
+        text(&out.stdout),
+        "1000\n/home/user\n/home/user\n3\n0\n1777 root\n700 user\nwritable\nroot-is-read-only\n0\n",
+        "stderr: {}",
+        text(&out.stderr)
+    );
+
+    // The standard library imports and works: sockets on loopback, shared
+    // memory, processes, entropy.
+    let code = r#"
+import asyncio, bz2, ctypes, decimal, hashlib, json, lzma, multiprocessing, os, socket, sqlite3, ssl, subprocess, uuid, zlib
+from multiprocessing import shared_memory
+s = socket.socket(); s.bind(('127.0.0.1', 0)); s.listen()
+c = socket.create_connection(s.getsockname()); a, _ = s.accept(); c.sendall(b'ping'); print(a.recv(4).decode())
+m = shared_memory.SharedMemory(create=True, size=16); m.buf[0] = 7; print(m.buf[0]); m.close(); m.unlink()
+with multiprocessing.Pool(2) as p: print(sum(p.map(abs, [-1, -2, 3])))
+print(subprocess.run(['echo', 'child'], capture_output=True, text=True).stdout.strip())
+print(len(os.urandom(16)), sqlite3.connect(':memory:').execute('select 6*7').fetchone()[0])
+"#;
+    let out = run(&mut vm, &Job::python(code));
+    assert_eq!(text(&out.stdout), "ping\n7\n6\nchild\n16 42\n", "stderr: {}", text(&out.stderr));
+    vm.shutdown().unwrap();
+}
+
+fn vmexec(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_vmexec")).args(args).output().expect("run vmexec")
+}
+
+fn vmexec_stdin(args: &[&str], stdin: &str) -> Output {
+    use std::io::Write;
+    let mut child = Command::new(env!("CARGO_BIN_EXE_vmexec"))
+        .args(args)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn vmexec");
+    child.stdin.take().unwrap().write_all(stdin.as_bytes()).unwrap();
+    child.wait_with_output().unwrap()
+}
+
+fn json(out: &Output) -> serde_json::Value {
+    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{e}: {}", text(&out.stdout)))
+}
+
+#[test]
+fn cli_runs_code_and_exits_with_its_code() {
+    let out = vmexec(&["run", "-c", "print(1+1)"]);
+    assert_eq!((text(&out.stdout), out.status.code()), ("2\n".into(), Some(0)), "{}", text(&out.stderr));
+    let out = vmexec_stdin(&["run", "-l", "sh", "-"], "echo from stdin; echo e >&2; exit 7");
+    assert_eq!(
+        (text(&out.stdout), text(&out.stderr), out.status.code()),
+        ("from stdin\n".into(), "e\n".into(), Some(7))
+    );
+}
+
+#[test]
+fn cli_json_reports_output_status_and_timings() {
+    let out = vmexec(&["run", "--json", "-l", "sh", "-c", "echo out; echo err >&2; kill -9 $$"]);
+    assert_eq!(out.status.code(), Some(137));
+    let v = json(&out);
+    assert_eq!((v["stdout"].as_str(), v["stderr"].as_str()), (Some("out\n"), Some("err\n")));
+    assert_eq!((v["exit_code"].as_i64(), v["timed_out"].as_bool()), (Some(137), Some(false)));
+    assert_eq!(
+        (v["stdout_truncated"].as_bool(), v["stderr_truncated"].as_bool()),
+        (Some(false), Some(false))
+    );
+    for key in ["boot_ms", "exec_ms", "total_ms", "kernel_ms", "init_ms"] {
+        assert!(v[key].as_f64().is_some_and(|ms| ms >= 0.0), "{key} in {v}");
+    }
+    assert!(v["total_ms"].as_f64() >= v["boot_ms"].as_f64());
+}
+
+#[test]
+fn cli_timeout_and_refusal() {
+    let out = vmexec(&[
+        "run",
+        "--json",
+        "--timeout",
+        "1",
+        "-c",
+        "import time\nprint('t', flush=True)\ntime.sleep(60)",
+    ]);
+    assert_eq!(out.status.code(), Some(124));
+    let v = json(&out);
+    assert_eq!(
+        (v["exit_code"].as_i64(), v["timed_out"].as_bool(), v["stdout"].as_str()),
+        (Some(-1), Some(true), Some("t\n"))
+    );
+
+    let out = vmexec(&["run", "--json", "--env", "=x", "-c", "print(1)"]);
+    assert_eq!(out.status.code(), Some(2));
+    let v = json(&out);
+    assert_eq!(v["error"]["kind"].as_str(), Some("InvalidJob"));
+    assert_eq!(v["error"]["message"].as_str(), Some("env[0].name: empty"));
+    let out = vmexec(&["run", "-c", "   "]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(text(&out.stderr).contains("code: only whitespace"), "{}", text(&out.stderr));
+}
+
+#[test]
+fn cli_guesses_the_language_from_the_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let script = dir.path().join("job.sh");
+    std::fs::write(&script, "echo \"shell $((6 * 7))\"").unwrap();
+    let out = vmexec(&["run", script.to_str().unwrap()]);
+    assert_eq!(text(&out.stdout), "shell 42\n", "{}", text(&out.stderr));
+}
+
+// The PID-1 suite, exactly as a user would run it with vmexec.
+
+const ZOMBIE_SCAN: &str = r#"
+import os, time
+def zombies():
+    n = 0
+    for p in os.listdir('/proc'):
+        if not p.isdigit():
+            continue
+        try:
+            fields = dict(l.split(':', 1) for l in open(f'/proc/{p}/status') if ':' in l)
+        except OSError:
+            continue
+        if fields['State'].strip().startswith('Z') and fields['PPid'].strip() == '1':
+            n += 1
+    return n
+for _ in range(50):
+    n = zombies()
+    if n == 0:
+        break
+    time.sleep(0.1)
+print(f'ZOMBIE_COUNT:{n}')
+"#;
+
+fn orphans(n: usize) -> String {
+    format!(
+        "import os\nfor _ in range({n}):\n    pid = os.fork()\n    if pid == 0:\n        if os.fork() == 0:\n            os._exit(0)\n        os._exit(0)\n    os.waitpid(pid, 0)\n{ZOMBIE_SCAN}"
+    )
+}
+
+#[test]
+fn pid1_double_forked_orphan_reports_ppid_1() {
+    let code = "import os, time\nr, w = os.pipe()\nif os.fork() == 0:\n    if os.fork() == 0:\n        os.read(r, 1)\n        print(f'ORPHAN_PPID:{os.getppid()}', flush=True)\n        os._exit(0)\n    os._exit(0)\nos.wait()\ntime.sleep(0.1)\nos.write(w, b'x')\ntime.sleep(1)";
+    let out = vmexec(&["run", "-c", code]);
+    assert_eq!(text(&out.stdout), "ORPHAN_PPID:1\n", "{}", text(&out.stderr));
+}
+
+#[test]
+fn pid1_orphans_leave_no_zombies() {
+    for n in [1, 20, 50] {
+        let out = vmexec(&["run", "-c", &orphans(n)]);
+        assert_eq!(text(&out.stdout), "ZOMBIE_COUNT:0\n", "after {n} orphans: {}", text(&out.stderr));
+    }
+}
+
+#[test]
+fn pid1_shell_orphans_leave_no_zombies() {
+    let out = vmexec(&[
+        "run",
+        "-l",
+        "sh",
+        "-c",
+        "for i in 1 2 3; do sh -c 'sh -c \"sleep 0.1\" &'; done; sleep 0.5",
+    ]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let out = vmexec(&[
+        "run",
+        "-c",
+        &format!(
+            "import subprocess\nsubprocess.run(['sh', '-c', '''for i in 1 2 3; do sh -c 'sh -c \"sleep 0.1\" &'; done; sleep 0.5'''])\n{ZOMBIE_SCAN}"
+        ),
+    ]);
+    assert_eq!(text(&out.stdout), "ZOMBIE_COUNT:0\n", "{}", text(&out.stderr));
+}
