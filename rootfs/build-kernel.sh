@@ -2,7 +2,9 @@
 # Builds the guest kernel from Debian's linux-source-6.1 and our config
 # fragment. The result is cached under $BUILD/kernel-<key>, where the key
 # hashes the fragment, this script and the source package version: the same
-# inputs never build twice. Prints the path of the bzImage on stdout.
+# inputs never build twice. Two images come out: `vmlinux`, the uncompressed
+# ELF that QEMU boots through its PVH entry (no firmware, no decompression),
+# and `bzImage` for loaders without PVH. Prints the vmlinux path on stdout.
 set -euo pipefail
 
 here="$(cd "$(dirname "$0")" && pwd)"
@@ -19,8 +21,8 @@ version="$(dpkg-query -W -f='${Version}' linux-source-6.1)"
 key="$(cat "$here/kernel.config" "$0" <(echo "$version") | sha256sum | cut -c1-16)"
 out="$build/kernel-$key"
 
-if [ -f "$out/bzImage" ]; then
-    echo "$out/bzImage"
+if [ -f "$out/vmlinux" ]; then
+    echo "$out/vmlinux"
     exit 0
 fi
 
@@ -55,7 +57,7 @@ jobs="$(nproc)"
 echo "kernel: building bzImage with make -j$jobs (about 5-7 minutes on 2 cores)" >&2
 start=$SECONDS
 # One progress line per 250 compiled objects, so a CI log shows it moving.
-make -C "$src" O="$obj" -j"$jobs" bzImage 2>&1 | {
+make -C "$src" O="$obj" -j"$jobs" bzImage vmlinux 2>&1 | {
     n=0
     while IFS= read -r line; do
         case "$line" in
@@ -70,7 +72,9 @@ make -C "$src" O="$obj" -j"$jobs" bzImage 2>&1 | {
 
 mkdir -p "$out"
 cp "$obj/arch/x86/boot/bzImage" "$out/bzImage"
+# The symbol table is for debuggers; the PVH note and the code stay.
+strip -o "$out/vmlinux" "$obj/vmlinux"
 cp "$obj/.config" "$out/config"
 rm -rf "$obj"
-echo "kernel: built in $((SECONDS - start))s, $(stat -c %s "$out/bzImage") bytes" >&2
-echo "$out/bzImage"
+echo "kernel: built in $((SECONDS - start))s: bzImage $(stat -c %s "$out/bzImage") bytes, vmlinux $(stat -c %s "$out/vmlinux") bytes" >&2
+echo "$out/vmlinux"
