@@ -33,7 +33,7 @@ fi
 
 # The image is cached under a key over every input: the init, the package
 # list and versions, this script.
-key="$( { sha256sum "$init" "$here/packages.txt" "$0"; ls "$debs"; } | sha256sum | cut -c1-16)"
+key="$( { sha256sum "$init" "$here/packages.txt" "$here/baseline-init.sh" "$0"; ls "$debs"; } | sha256sum | cut -c1-16)"
 image="$build/rootfs-$key.erofs"
 if [ -f "$image" ]; then
     ln -sfn "$(basename "$image")" "$build/rootfs.erofs"
@@ -65,6 +65,7 @@ done
 ln -sf python3.11 "$root/usr/bin/python3"
 ln -sf python3 "$root/usr/bin/python"
 install -m 0755 "$init" "$root/sbin/init"
+install -m 0755 "$here/baseline-init.sh" "$root/sbin/baseline-init"
 
 cat > "$root/etc/passwd" <<'PASSWD'
 root:x:0:0:root:/root:/bin/sh

@@ -121,7 +121,9 @@ impl Vm {
         listener.set_nonblocking(true)?;
 
         let started = Instant::now();
-        let mut command = qemu_command(config, accel, &socket, &console);
+        let cmdline = kernel_cmdline("/sbin/init", "pid1_boot=1", config.debug);
+        let serial = if config.debug { Console::Stderr } else { Console::File(&console) };
+        let mut command = qemu_command(config, accel, &cmdline, &socket, serial);
         let qemu_log = fs::File::create(dir.path().join("qemu.log")).map_err(Error::TempDir)?;
         command.stdin(Stdio::null()).stdout(Stdio::null()).stderr(qemu_log);
         die_with_parent(&mut command);
@@ -278,12 +280,16 @@ fn check_inputs(config: &VmConfig) -> Result<()> {
     Ok(())
 }
 
-/// The kernel command line. `pid1_boot=1` reaches the init as an environment
-/// variable: it tells the init it may do the PID-1 boot duties.
-fn kernel_cmdline(debug: bool) -> String {
-    let mut line = String::from(
-        "console=ttyS0 root=/dev/vda ro rootfstype=erofs init=/sbin/init pid1_boot=1 \
-         random.trust_cpu=on reboot=t panic=-1",
+/// The kernel command line for `init`. `extra` parameters the kernel does
+/// not know (like `pid1_boot=1`, which tells the init it may do the PID-1
+/// boot duties) reach the init as environment variables.
+pub fn kernel_cmdline(init: &str, extra: &str, debug: bool) -> String {
+    // reboot=t: a reset is a triple fault (microvm has no ACPI, no 8042),
+    // which QEMU with -no-reboot turns into its exit. panic=-1: a panicking
+    // kernel resets at once, so a failed boot ends QEMU instead of hanging.
+    let mut line = format!(
+        "console=ttyS0 root=/dev/vda ro rootfstype=erofs init={init} {extra} \
+         random.trust_cpu=on reboot=t panic=-1"
     );
     if !debug {
         // Every console line costs time on an emulated UART.
@@ -292,7 +298,17 @@ fn kernel_cmdline(debug: bool) -> String {
     line
 }
 
-fn qemu_command(config: &VmConfig, accel: Accel, socket: &Path, console: &Path) -> Command {
+/// Where the kernel console goes.
+pub enum Console<'a> {
+    File(&'a Path),
+    Stderr,
+    /// QEMU's stdout (for a caller that pipes it).
+    Stdout,
+}
+
+/// The QEMU command line of a VM: `cmdline` for the kernel, the agent port
+/// connecting to the host's socket at `socket`.
+pub fn qemu_command(config: &VmConfig, accel: Accel, cmdline: &str, socket: &Path, console: Console<'_>) -> Command {
     let mut c = Command::new(&config.qemu);
     let (accel_name, cpu) = match accel {
         Accel::Kvm => ("kvm", "host"),
@@ -304,7 +320,7 @@ fn qemu_command(config: &VmConfig, accel: Accel, socket: &Path, console: &Path) 
     c.args(["-m", &config.memory_mb.to_string(), "-smp", &config.cpus.to_string()]);
     c.args(["-nodefaults", "-no-user-config", "-nographic", "-no-reboot"]);
     c.arg("-kernel").arg(&config.kernel);
-    c.args(["-append", &kernel_cmdline(config.debug)]);
+    c.args(["-append", cmdline]);
     let drive = format!("id=root,file={},format=raw,if=none,readonly=on", config.rootfs.display());
     c.args(["-drive", &drive, "-device", "virtio-blk-device,drive=root"]);
     // Entropy for the guest's CRNG (with `-cpu max`'s RDRAND and
@@ -312,14 +328,17 @@ fn qemu_command(config: &VmConfig, accel: Accel, socket: &Path, console: &Path) 
     c.args(["-device", "virtio-rng-device"]);
     let chardev = format!("socket,id=agent,path={}", socket.display());
     c.args(["-device", "virtio-serial-device", "-chardev", &chardev, "-device", "virtconsole,chardev=agent"]);
-    let serial =
-        if config.debug { "file:/dev/stderr".to_owned() } else { format!("file:{}", console.display()) };
+    let serial = match console {
+        Console::File(path) => format!("file:{}", path.display()),
+        Console::Stderr => "file:/dev/stderr".to_owned(),
+        Console::Stdout => "stdio".to_owned(),
+    };
     c.args(["-serial", &serial]);
     c
 }
 
 /// QEMU dies with the process that started it, even if that one is killed.
-fn die_with_parent(command: &mut Command) {
+pub fn die_with_parent(command: &mut Command) {
     use std::os::unix::process::CommandExt;
     #[allow(unsafe_code)]
     // SAFETY: the closure runs between fork and exec and only makes one
