@@ -125,7 +125,9 @@ impl Vm {
         let serial = if config.debug { Console::Stderr } else { Console::File(&console) };
         let mut command = qemu_command(config, accel, &cmdline, &socket, serial);
         let qemu_log = fs::File::create(dir.path().join("qemu.log")).map_err(Error::TempDir)?;
-        command.stdin(Stdio::null()).stdout(Stdio::null()).stderr(qemu_log);
+        // With --debug the console is QEMU's stderr, which must then be ours.
+        let stderr = if config.debug { Stdio::inherit() } else { Stdio::from(qemu_log) };
+        command.stdin(Stdio::null()).stdout(Stdio::null()).stderr(stderr);
         die_with_parent(&mut command);
         let child = command.spawn().map_err(|e| match e.kind() {
             IoKind::NotFound => Error::NoQemu(config.qemu.display().to_string()),
@@ -308,7 +310,13 @@ pub enum Console<'a> {
 
 /// The QEMU command line of a VM: `cmdline` for the kernel, the agent port
 /// connecting to the host's socket at `socket`.
-pub fn qemu_command(config: &VmConfig, accel: Accel, cmdline: &str, socket: &Path, console: Console<'_>) -> Command {
+pub fn qemu_command(
+    config: &VmConfig,
+    accel: Accel,
+    cmdline: &str,
+    socket: &Path,
+    console: Console<'_>,
+) -> Command {
     let mut c = Command::new(&config.qemu);
     let (accel_name, cpu) = match accel {
         Accel::Kvm => ("kvm", "host"),

@@ -184,6 +184,24 @@ fn cli_timeout_and_refusal() {
 }
 
 #[test]
+fn cli_says_what_is_missing() {
+    let out = vmexec(&["run", "--kernel", "/nonexistent/vmlinux", "-c", "print(1)"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        text(&out.stderr).contains("no guest kernel at /nonexistent/vmlinux; build it with `just kernel`")
+    );
+    let out = vmexec(&["run", "--rootfs", "/nonexistent/rootfs", "-c", "print(1)"]);
+    assert!(text(&out.stderr).contains("`just rootfs`"), "{}", text(&out.stderr));
+    let out = Command::new(env!("CARGO_BIN_EXE_vmexec"))
+        .args(["run", "-c", "print(1)"])
+        .env("PATH", "/nonexistent")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(text(&out.stderr).contains("apt-get install qemu-system-x86"), "{}", text(&out.stderr));
+}
+
+#[test]
 fn cli_guesses_the_language_from_the_file() {
     let dir = tempfile::tempdir().unwrap();
     let script = dir.path().join("job.sh");

@@ -34,7 +34,8 @@ fn pid1_run(config: &VmConfig, lang: Lang) -> Result<Pid1Run> {
     let spawned = Instant::now();
     let mut vm = Vm::boot(config)?;
     let times = vm.times();
-    let job = Job::new(lang, if lang == Lang::Python { "print('BENCH_OUTPUT')" } else { "echo BENCH_OUTPUT" });
+    let job =
+        Job::new(lang, if lang == Lang::Python { "print('BENCH_OUTPUT')" } else { "echo BENCH_OUTPUT" });
     let sent = Instant::now();
     let mut first = None;
     let out = vm.agent().run(&job, |_, _| {
@@ -111,7 +112,10 @@ fn main() -> Result<()> {
     }
 
     let cpus = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
-    println!("pid1 boot benchmark: {} runs per kind, accel {accel:?}, {cpus} host CPUs, guest 1 vCPU / {} MiB", args.runs, config.memory_mb);
+    println!(
+        "pid1 boot benchmark: {} runs per kind, accel {accel:?}, {cpus} host CPUs, guest 1 vCPU / {} MiB",
+        args.runs, config.memory_mb
+    );
     println!();
     println!("| pid1, ms | python job: median | spread | shell job: median | spread |");
     println!("|---|---|---|---|---|");
@@ -128,12 +132,19 @@ fn main() -> Result<()> {
         println!("| {name} | {:.1} | {} | {:.1} | {} |", median(&py), spread(&py), median(&sh), spread(&sh));
     }
     println!();
-    println!("| QEMU spawn → job output, ms | pid1 median | baseline (busybox sh init) median | baseline / pid1 |");
+    println!(
+        "| QEMU spawn → job output, ms | pid1 median | baseline (busybox sh init) median | baseline / pid1 |"
+    );
     println!("|---|---|---|---|");
     for (i, name) in ["python", "shell"].into_iter().enumerate() {
         let ours: Vec<f64> = pid1[i].iter().map(|r| r.to_output).collect();
         let (a, b) = (median(&ours), median(&baseline[i]));
-        println!("| {name} | {a:.0} ({}) | {b:.0} ({}) | {:.2}× |", spread(&ours), spread(&baseline[i]), b / a);
+        println!(
+            "| {name} | {a:.0} ({}) | {b:.0} ({}) | {:.2}× |",
+            spread(&ours),
+            spread(&baseline[i]),
+            b / a
+        );
     }
     Ok(())
 }
