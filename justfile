@@ -31,12 +31,12 @@ setup:
 
 # Build the init (static, no_std) and the host CLI `vmexec`, release mode
 build:
-    cargo build --release -p pid1
+    cargo build --profile init -p pid1
     cargo build --release -p host
 
 # Print the size of the stripped init binary
 size: build
-    @echo "pid1: $(stat -c %s target/release/pid1) bytes ($(( $(stat -c %s target/release/pid1) / 1024 )) KiB), static: $(readelf -d target/release/pid1 2>&1 | grep -q 'no dynamic section' && echo yes || echo NO)"
+    @echo "pid1: $(stat -c %s target/init/pid1) bytes ($(( $(stat -c %s target/init/pid1) / 1024 )) KiB), static: $(readelf -d target/init/pid1 2>&1 | grep -q 'no dynamic section' && echo yes || echo NO)"
 
 # Build the guest kernel from linux-source-6.1 (cached by config + source version)
 kernel:
@@ -44,7 +44,7 @@ kernel:
 
 # Build the guest root filesystem image with the current init (cached)
 rootfs: build
-    rootfs/build-rootfs.sh target/release/pid1 >/dev/null
+    rootfs/build-rootfs.sh target/init/pid1 >/dev/null
 
 # Build everything a VM needs: init, CLI, kernel, root filesystem
 image: setup kernel rootfs
@@ -64,12 +64,12 @@ lint:
         exit 0
     fi
     cargo fmt --all --check
-    cargo clippy --release -p pid1 -- -D warnings
+    cargo clippy --profile init -p pid1 -- -D warnings
     cargo clippy --release -p proto -p host --all-targets --features proto/std -- -D warnings
 
 # Run every test: unit, wire, the init on this host (subreaper and PID 1), and VMs under QEMU
 test: lint image
-    cargo test --release -p pid1 --lib
+    cargo test --profile init -p pid1 --lib
     cargo test --release -p proto --features std
     cargo test --release -p host
 

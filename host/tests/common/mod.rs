@@ -18,10 +18,10 @@ pub const READ_TIMEOUT: Duration = Duration::from_secs(60);
 pub fn init_binary() -> PathBuf {
     let path = std::env::var_os("PID1_BIN")
         .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/release/pid1"));
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/init/pid1"));
     assert!(
         path.is_file(),
-        "no init binary at {}: run `cargo build --release -p pid1` (or `just build`)",
+        "no init binary at {}: run `cargo build --profile init -p pid1` (or `just build`)",
         path.display()
     );
     path
