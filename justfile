@@ -40,7 +40,12 @@ size: build
 
 # Build the guest kernel from linux-source-6.1 (cached by config + source version)
 kernel:
-    kernel="$(rootfs/build-kernel.sh)" && ln -sfn "${kernel#{{build}}/}" "{{build}}/bzImage"
+    #!/usr/bin/env bash
+    set -euo pipefail
+    vmlinux="$(rootfs/build-kernel.sh)"
+    dir="$(dirname "${vmlinux#{{build}}/}")"
+    ln -sfn "$dir/vmlinux" "{{build}}/vmlinux"
+    ln -sfn "$dir/bzImage" "{{build}}/bzImage"
 
 # Build the guest root filesystem image with the current init (cached)
 rootfs: build

@@ -15,6 +15,7 @@ use rustix::io::Errno;
 use rustix::mount::MountFlags;
 
 use crate::config::Config;
+use crate::log::{Os, Path};
 use crate::{log, sys};
 
 /// Device nodes that give a job the host's physical memory or I/O ports.
@@ -47,17 +48,17 @@ pub fn boot(config: &Config) {
     for node in DANGEROUS_NODES {
         match rustix::fs::unlink(node) {
             Ok(()) | Err(Errno::NOENT) => {}
-            Err(e) => log!("cannot remove {node:?}: {e:?}"),
+            Err(e) => log!("cannot remove {}: {}", Path(node), Os(e)),
         }
     }
     if let Err(e) = sys::bring_up_loopback() {
-        log!("cannot bring up lo: {e:?}");
+        log!("cannot bring up lo: {}", Os(e));
     }
 }
 
 fn mount(source: &CStr, target: &CStr, fstype: &CStr, flags: MountFlags, data: Option<&CStr>) {
     if let Err(e) = rustix::mount::mount(source, target, fstype, flags, data) {
-        log!("cannot mount {fstype:?} on {target:?}: {e:?}");
+        log!("cannot mount {} on {}: {}", Path(fstype), Path(target), Os(e));
     }
 }
 
@@ -84,7 +85,7 @@ pub fn protect_from_oom() {
         return;
     };
     if let Err(e) = rustix::io::write(&file, b"-1000") {
-        log!("cannot set oom_score_adj: {e:?}");
+        log!("cannot set oom_score_adj: {}", Os(e));
     }
 }
 
@@ -111,8 +112,9 @@ pub fn power_off() -> ! {
     sys::kill_all();
     while let Ok(Some(_)) | Err(Errno::INTR) = rustix::process::wait(rustix::process::WaitOptions::empty()) {}
     rustix::fs::sync();
-    let e = rustix::system::reboot(rustix::system::RebootCommand::Restart);
-    log!("reset failed: {e:?}");
+    if let Err(e) = rustix::system::reboot(rustix::system::RebootCommand::Restart) {
+        log!("reset failed: {}", Os(e));
+    }
     loop {
         rustix::event::pause();
     }

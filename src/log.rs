@@ -20,6 +20,26 @@ pub fn line(args: fmt::Arguments<'_>) {
     let _ = rustix::io::write(crate::sys::stdio(2), text.as_bytes());
 }
 
+/// Shows an errno as `errno N (description)`, without the Debug machinery
+/// (which would bring Unicode tables into the binary).
+pub struct Os(pub rustix::io::Errno);
+
+impl fmt::Display for Os {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "errno {} ({})", self.0.raw_os_error(), crate::spawn::describe(self.0))
+    }
+}
+
+/// Shows a path (or any C string) as text, quoted.
+pub struct Path<'a>(pub &'a core::ffi::CStr);
+
+impl fmt::Display for Path<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let text = core::str::from_utf8(self.0.to_bytes()).unwrap_or("<not UTF-8>");
+        write!(f, "\"{text}\"")
+    }
+}
+
 /// `log!("...", args)`: one line on the console.
 #[macro_export]
 macro_rules! log {

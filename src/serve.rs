@@ -16,6 +16,7 @@ use rustix::time::{Itimerspec, TimerfdClockId, TimerfdFlags, TimerfdTimerFlags, 
 
 use crate::config::{Config, USAGE};
 use crate::job::{self, JobState, JobTable, Loading, MAX_JOBS, Machine, Running, SIGKILL, Sink, Step};
+use crate::log::Os;
 use crate::spawn::{self, describe};
 use crate::sys::{self, SigSet};
 use crate::{boot, log};
@@ -58,8 +59,7 @@ const BLOCKED: SigSet = HANDLED
 
 /// CLOCK_BOOTTIME in nanoseconds: the clock the kernel's own boot counts in.
 pub fn now_ns() -> u64 {
-    let t = rustix::time::clock_gettime(rustix::time::ClockId::Boottime);
-    t.tv_sec as u64 * 1_000_000_000 + t.tv_nsec as u64
+    sys::boottime_ns()
 }
 
 /// Events queued for the host, written as fast as the port takes them.
@@ -117,7 +117,7 @@ impl Tx {
                 Err(Errno::AGAIN) => return,
                 Err(Errno::INTR) => {}
                 Err(e) => {
-                    log!("agent port write failed: {e:?}; dropping events");
+                    log!("agent port write failed: {}; dropping events", Os(e));
                     self.broken = true;
                 }
             }
@@ -172,16 +172,16 @@ pub fn run(args: sys::Args) -> ! {
         // Outside a VM or namespace the init is nobody's init: adopt the
         // orphans of its jobs so they are reaped here all the same.
         if let Err(e) = rustix::process::set_child_subreaper(Some(rustix::process::getpid())) {
-            log!("cannot become a child subreaper: {e:?}");
+            log!("cannot become a child subreaper: {}", Os(e));
         }
     }
     if let Err(e) = sys::set_signal_mask(BLOCKED) {
-        log!("cannot block signals: {e:?}");
+        log!("cannot block signals: {}", Os(e));
     }
     let mut server = match Server::new(config, pid1) {
         Ok(server) => server,
         Err((what, e)) => {
-            log!("cannot start: {what}: {e:?}");
+            log!("cannot start: {what}: {}", Os(e));
             if pid1 { boot::power_off() } else { sys::exit(1) }
         }
     };
@@ -232,7 +232,7 @@ impl Server {
                 Ok((ready, _)) => ready,
                 Err(Errno::INTR) => continue,
                 Err(e) => {
-                    log!("epoll_wait failed: {e:?}");
+                    log!("epoll_wait failed: {}", Os(e));
                     self.shutdown()
                 }
             };
@@ -288,7 +288,7 @@ impl Server {
             Ok(n) => n,
             Err(Errno::AGAIN | Errno::INTR) => return,
             Err(e) => {
-                log!("agent port read failed: {e:?}");
+                log!("agent port read failed: {}", Os(e));
                 self.shutdown()
             }
         };
@@ -374,7 +374,7 @@ impl Server {
                 Ok(None) | Err(Errno::CHILD) => return,
                 Err(Errno::INTR) => {}
                 Err(e) => {
-                    log!("wait4 failed: {e:?}");
+                    log!("wait4 failed: {}", Os(e));
                     return;
                 }
             }
@@ -697,7 +697,7 @@ fn arm(timer: &OwnedFd, ms: u32) {
         it_value: Timespec { tv_sec: i64::from(ms / 1000), tv_nsec: i64::from(ms % 1000) * 1_000_000 },
     };
     if let Err(e) = rustix::time::timerfd_settime(timer, TimerfdTimerFlags::empty(), &value) {
-        log!("timerfd_settime failed: {e:?}");
+        log!("timerfd_settime failed: {}", Os(e));
     }
 }
 

@@ -15,6 +15,7 @@ use rustix::process::{Pid, Resource, Rlimit};
 
 use crate::config::Config;
 use crate::job::EnvBlock;
+use crate::log::Path;
 use crate::sys;
 
 /// Processes the job user may have at once (RLIMIT_NPROC): room for real
@@ -128,12 +129,12 @@ impl Child<'_> {
         }
         check(rustix::thread::set_no_new_privs(true), "cannot set no_new_privs");
         if let Err(e) = rustix::process::chdir(self.cwd) {
-            crate::log!("cannot change to directory {:?}: {}", self.cwd, describe(e));
+            crate::log!("cannot change to directory {}: {}", Path(self.cwd), describe(e));
             sys::exit(126);
         }
         check(sys::set_signal_mask(sys::SigSet::default()), "cannot unblock signals");
         let err = sys::execve(self.interpreter, argv, envp);
-        crate::log!("cannot execute {:?}: {}", self.interpreter, describe(err));
+        crate::log!("cannot execute {}: {}", Path(self.interpreter), describe(err));
         // The shell's convention: 127 for a program that is not there, 126
         // for one that is there but cannot run.
         sys::exit(if err == Errno::NOENT { 127 } else { 126 })

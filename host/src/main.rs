@@ -72,7 +72,7 @@ struct RunArgs {
     /// Accelerator: auto probes KVM once and remembers the verdict.
     #[arg(long, value_enum, default_value = "auto")]
     accel: Accel,
-    /// Guest kernel (default: $PID1_KERNEL, else build/bzImage).
+    /// Guest kernel, vmlinux or bzImage (default: $PID1_KERNEL, else build/vmlinux).
     #[arg(long)]
     kernel: Option<PathBuf>,
     /// Guest root filesystem (default: $PID1_ROOTFS, else build/rootfs.erofs).

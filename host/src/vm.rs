@@ -35,6 +35,8 @@ fn default_build_dir() -> PathBuf {
 #[derive(Debug, Clone)]
 pub struct VmConfig {
     pub qemu: PathBuf,
+    /// The uncompressed `vmlinux` (QEMU enters it through its PVH note:
+    /// no firmware, no decompression) or a `bzImage`.
     pub kernel: PathBuf,
     pub rootfs: PathBuf,
     pub memory_mb: u32,
@@ -53,7 +55,7 @@ impl Default for VmConfig {
         let from_env = |name: &str, default: PathBuf| std::env::var_os(name).map_or(default, PathBuf::from);
         VmConfig {
             qemu: PathBuf::from("qemu-system-x86_64"),
-            kernel: from_env("PID1_KERNEL", build.join("bzImage")),
+            kernel: from_env("PID1_KERNEL", build.join("vmlinux")),
             rootfs: from_env("PID1_ROOTFS", build.join("rootfs.erofs")),
             memory_mb: 256,
             cpus: 1,
