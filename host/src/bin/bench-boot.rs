@@ -21,6 +21,9 @@ struct Args {
     runs: usize,
 }
 
+/// Picks one figure out of a run.
+type Metric = fn(&Pid1Run) -> f64;
+
 /// One pid1 boot, in milliseconds.
 struct Pid1Run {
     boot: f64,
@@ -119,7 +122,7 @@ fn main() -> Result<()> {
     println!();
     println!("| pid1, ms | python job: median | spread | shell job: median | spread |");
     println!("|---|---|---|---|---|");
-    let rows: [(&str, fn(&Pid1Run) -> f64); 5] = [
+    let rows: [(&str, Metric); 5] = [
         ("boot (QEMU spawn → Ready)", |r| r.boot),
         ("kernel (boot → init start)", |r| r.kernel),
         ("init (start → Ready)", |r| r.init),
