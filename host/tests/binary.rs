@@ -25,8 +25,11 @@ fn init_is_a_static_non_pie_elf_without_libc() {
     let elf = std::fs::read(common::init_binary()).unwrap();
     assert_eq!(&elf[..5], b"\x7fELF\x02", "64-bit ELF");
     assert_eq!(u16_at(&elf, 16), ET_EXEC, "ET_EXEC: not position-independent");
-    let (phoff, phentsize, phnum) =
-        (u64_at(&elf, 32) as usize, u16_at(&elf, 54) as usize, u16_at(&elf, 56) as usize);
+    let (phoff, phentsize, phnum) = (
+        usize::try_from(u64_at(&elf, 32)).unwrap(),
+        usize::from(u16_at(&elf, 54)),
+        usize::from(u16_at(&elf, 56)),
+    );
     let mut loads = Vec::new();
     for i in 0..phnum {
         let ph = &elf[phoff + i * phentsize..];
