@@ -293,7 +293,7 @@ pub fn kernel_cmdline(init: &str, extra: &str, debug: bool) -> String {
     // kernel resets at once, so a failed boot ends QEMU instead of hanging.
     let mut line = format!(
         "console=ttyS0 root=/dev/vda ro rootfstype=erofs init={init} {extra} \
-         random.trust_cpu=on reboot=t panic=-1"
+         random.trust_cpu=on reboot=t panic=-1 printk.time=1"
     );
     if !debug {
         // Every console line costs time on an emulated UART.
