@@ -117,6 +117,12 @@ impl Child<'_> {
         check(null.and_then(|fd| sys::dup2(fd.as_fd(), 0)), "cannot open /dev/null");
         sys::close_from(CODE_FD + 1);
 
+        // The init is exempt from the OOM killer (-1000), and children
+        // inherit that: a job must be the first thing OOM takes, not a
+        // process the kernel cannot kill while it panics for lack of memory.
+        if let Ok(file) = rustix::fs::open(c"/proc/self/oom_score_adj", OFlags::WRONLY, Mode::empty()) {
+            check(rustix::io::write(&file, b"0"), "cannot reset oom_score_adj");
+        }
         let nproc = Rlimit { current: Some(JOB_NPROC), maximum: Some(JOB_NPROC) };
         check(rustix::process::setrlimit(Resource::Nproc, nproc), "cannot set RLIMIT_NPROC");
         let _ = rustix::process::setrlimit(Resource::Core, Rlimit { current: Some(0), maximum: Some(0) });

@@ -62,9 +62,14 @@ fn one_vm_serves_many_jobs() {
     assert_eq!(first, Some((Stream::Stdout, "early".into())));
     assert_eq!(text(&out.unwrap().stdout), "early\nlate\n");
 
+    // A job that eats all memory is what the OOM killer takes, not the init.
+    let out = run(&mut vm, &Job::python("x = []\nwhile True:\n    x.append(b'x' * (16 << 20))"));
+    assert!(out.code() == 137 || out.code() == 1, "killed or MemoryError: {}", out.code());
+    assert_eq!(text(&run(&mut vm, &Job::shell("echo survived")).stdout), "survived\n");
+
     let stats = vm.agent().ping().unwrap();
     assert_eq!(stats.jobs_active, 0);
-    assert_eq!(stats.jobs_started, 6);
+    assert_eq!(stats.jobs_started, 8);
     vm.shutdown().unwrap();
 }
 
@@ -80,12 +85,12 @@ fn guest_environment() {
              stat -c '%a %U' /tmp /home/user; \
              touch /tmp/t /home/user/t /dev/shm/t && echo writable; \
              touch /etc/t 2>/dev/null || echo root-is-read-only; \
-             ls /proc | grep -cx 1",
+             ls /proc | grep -cx 1; cat /proc/self/oom_score_adj",
         ),
     );
     assert_eq!(
         text(&out.stdout),
-        "1000\n/home/user\n/home/user\n3\n0\n1777 root\n700 user\nwritable\nroot-is-read-only\n0\n",
+        "1000\n/home/user\n/home/user\n3\n0\n1777 root\n700 user\nwritable\nroot-is-read-only\n0\n0\n",
         "stderr: {}",
         text(&out.stderr)
     );
