@@ -345,6 +345,22 @@ pub struct Running {
     pub started_ns: u64,
 }
 
+impl Running {
+    /// Sends `signal` to the job's process group. Right after fork the child
+    /// may not have called setsid yet, so no group has the leader's id
+    /// (ESRCH): the leader is then the whole job, and gets the signal alone
+    /// (held pending by its inherited mask until just before exec). Once the
+    /// leader is reaped its pid may be reused, so it is never signalled alone.
+    pub fn signal(&self, signal: u8) -> rustix::io::Result<()> {
+        match crate::sys::kill_group(self.pid, signal) {
+            Err(rustix::io::Errno::SRCH) if self.machine.leader.is_none() => {
+                crate::sys::kill_process(self.pid, signal)
+            }
+            result => result,
+        }
+    }
+}
+
 pub enum JobState {
     Free,
     Loading(Loading),

@@ -421,7 +421,7 @@ impl Server {
     fn apply(&mut self, i: usize, step: Step) {
         let JobState::Running(job) = &mut self.jobs.slots[i].state else { return };
         if let Some(signal) = step.signal {
-            let _ = sys::kill_group(job.pid, signal);
+            let _ = job.signal(signal);
         }
         if let Some(ms) = step.arm_ms {
             arm(&job.timer, ms);
@@ -438,7 +438,15 @@ impl Server {
         let JobState::Running(mut job) = mem::replace(&mut self.jobs.slots[i].state, JobState::Free) else {
             return;
         };
-        let _ = sys::kill_group(job.pid, SIGKILL);
+        let _ = job.signal(SIGKILL);
+        let others_running = self.jobs.slots.iter().any(|s| matches!(s.state, JobState::Running(_)));
+        if self.pid1 && !others_running {
+            // A process that left the job's group (setsid, a daemon) would
+            // outlive it. With no other job running, every process but the
+            // init belongs to a finished job: end them all, so nothing leaks
+            // into the next job. They are reaped as orphans.
+            sys::kill_all();
+        }
         for stream in 0..2 {
             let Some(pipe) = &job.pipes[stream] else { continue };
             for _ in 0..FINAL_READS {
@@ -477,7 +485,7 @@ impl Server {
         }
         for slot in &self.jobs.slots {
             if let JobState::Running(job) = &slot.state {
-                let _ = sys::kill_group(job.pid, SIGKILL);
+                let _ = job.signal(SIGKILL);
             }
         }
         if self.pid1 {
@@ -639,7 +647,7 @@ fn signal_job(ctx: Ctx<'_>, id: u32, signal: u8) {
     };
     match &ctx.jobs.slots[i].state {
         JobState::Running(job) => {
-            if sys::kill_group(job.pid, signal).is_err() {
+            if job.signal(signal).is_err() {
                 error(ctx.tx, Some(id), ErrorKind::InvalidJob, "signal: not a signal number");
             }
         }

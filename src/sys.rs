@@ -339,6 +339,13 @@ pub fn kill_group(pgid: Pid, signal: u8) -> Result<()> {
     Ok(())
 }
 
+/// `kill(pid, signal)` — one process.
+pub fn kill_process(pid: Pid, signal: u8) -> Result<()> {
+    // Plain numbers; the kernel validates the signal.
+    syscall!(sys::__NR_kill, pid.as_raw_pid() as isize, signal)?;
+    Ok(())
+}
+
 /// `kill(-1, SIGKILL)` — every process but the caller (PID 1 at shutdown).
 pub fn kill_all() {
     // Plain numbers.

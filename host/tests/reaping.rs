@@ -77,6 +77,21 @@ fn subreaper_reaps_orphans_outside_a_namespace() {
 }
 
 #[test]
+fn nothing_outlives_its_job_when_the_init_is_idle() {
+    let mut init = Init::start(Mode::Pid1);
+    // A daemon leaves the job's session and process group, so the group
+    // kill cannot reach it.
+    let out = init.shell("setsid sh -c 'sleep 100' & sleep 0.2; echo started");
+    assert_eq!(text(&out.stdout), "started\n");
+    let out = init.python(
+        "import os\n\
+         others = [p for p in os.listdir('/proc') if p.isdigit() and int(p) not in (1, os.getpid())]\n\
+         print([open(f'/proc/{p}/comm').read().strip() for p in others])",
+    );
+    assert_eq!(text(&out.stdout), "[]\n");
+}
+
+#[test]
 fn shutdown_as_pid_1_ends_every_process() {
     let mut init = Init::start(Mode::Pid1);
     let mut job = vmhost::Job::shell("setsid sleep 100 & echo started");
