@@ -20,6 +20,8 @@ pub enum Error {
     Spawn(#[source] std::io::Error),
     #[error("QEMU exited before the guest was ready ({status}); console:\n{console}")]
     QemuExited { status: String, console: String },
+    #[error("the guest kernel panicked during boot; console:\n{console}")]
+    Panic { console: String },
     #[error("the guest was not ready within {secs} s; console:\n{console}")]
     NotReady { secs: u64, console: String },
     #[error("the guest speaks protocol version {guest}, this host speaks {host}")]

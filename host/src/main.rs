@@ -149,6 +149,10 @@ fn run(args: RunArgs) -> Result<ExitCode, Error> {
     *RUNNING.lock().expect("not poisoned") = Some(vm.resources());
     let times = vm.times();
 
+    // A guest that stops answering must not hang vmexec: allow the job its
+    // timeout plus a margin for the guest to report it.
+    let margin = Duration::from_secs(60);
+    vm.agent().set_timeout(job.timeout.map(|t| t + margin))?;
     let sent = Instant::now();
     let live = !args.json;
     let outcome = vm.agent().run(&job, |stream, data| {

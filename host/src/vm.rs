@@ -100,7 +100,7 @@ impl Vm {
                             accel::remember(Accel::Kvm);
                             Ok(vm)
                         }
-                        Err(Error::NotReady { .. } | Error::QemuExited { .. }) => {
+                        Err(Error::NotReady { .. } | Error::QemuExited { .. } | Error::Panic { .. }) => {
                             accel::remember(Accel::Tcg);
                             Vm::boot_with(config, Accel::Tcg, config.boot_timeout)
                         }
@@ -161,8 +161,14 @@ impl Vm {
             agent.set_timeout(Some(left.min(Duration::from_millis(200))))?;
             match agent.wait_ready() {
                 Ok(times) => break times,
-                Err(Error::Timeout(_)) => vm.check_alive()?,
+                Err(Error::Timeout(_)) => {
+                    vm.check_alive()?;
+                    vm.check_panic()?;
+                }
                 Err(Error::Closed) => {
+                    // The guest went away: say why (a panic, QEMU's exit).
+                    vm.check_panic()?;
+                    vm.wait_exit(Duration::from_secs(1));
                     vm.check_alive()?;
                     return Err(vm.not_ready(timeout));
                 }
@@ -252,6 +258,25 @@ impl VmStart {
                 }
             }
             return Err(Error::QemuExited { status: status.to_string(), console });
+        }
+        Ok(())
+    }
+
+    fn wait_exit(&mut self, grace: Duration) {
+        let child = self.child.as_mut().expect("child until take");
+        let deadline = Instant::now() + grace;
+        while matches!(child.try_wait(), Ok(None)) && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
+    /// A kernel that panicked before the init was ready does not always
+    /// reset (and so end QEMU): read the console rather than wait out the
+    /// deadline.
+    fn check_panic(&self) -> Result<()> {
+        let tail = console_tail(&self.console, CONSOLE_TAIL);
+        if tail.contains("Kernel panic") {
+            return Err(Error::Panic { console: tail });
         }
         Ok(())
     }

@@ -197,6 +197,13 @@ fn cli_says_what_is_missing() {
     );
     let out = vmexec(&["run", "--rootfs", "/nonexistent/rootfs", "-c", "print(1)"]);
     assert!(text(&out.stderr).contains("`just rootfs`"), "{}", text(&out.stderr));
+    // A disk that is not erofs: the kernel cannot mount its root.
+    let bogus = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(bogus.path(), vec![0u8; 1 << 20]).unwrap();
+    let out = vmexec(&["run", "--rootfs", bogus.path().to_str().unwrap(), "-c", "print(1)"]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = text(&out.stderr);
+    assert!(err.contains("panicked during boot") && err.contains("Unable to mount root fs"), "{err}");
     let out = Command::new(env!("CARGO_BIN_EXE_vmexec"))
         .args(["run", "-c", "print(1)"])
         .env("PATH", "/nonexistent")
