@@ -21,7 +21,7 @@ setup:
     for p in "${packages[@]}"; do
         dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
     done
-    if [ "${#missing[@]}" -eq 0 ]; then echo "setup: all packages present"; exit 0; fi
+    if [ "${#missing[@]}" -eq 0 ]; then exit 0; fi
     sudo=""; [ "$(id -u)" = 0 ] || sudo=sudo
     echo "setup: installing ${missing[*]}"
     $sudo apt-get update -q
@@ -31,8 +31,8 @@ setup:
 
 # Build the init (static, no_std) and the host CLI `vmexec`, release mode
 build:
-    cargo build --profile init -p pid1
-    cargo build --release -p host
+    @cargo build -q --profile init -p pid1
+    @cargo build -q --release -p host
 
 # Print the size of the stripped init binary
 size: build
@@ -49,14 +49,14 @@ kernel:
 
 # Build the guest root filesystem image with the current init (cached)
 rootfs: build
-    rootfs/build-rootfs.sh target/init/pid1 >/dev/null
+    @rootfs/build-rootfs.sh target/init/pid1 >/dev/null
 
 # Build everything a VM needs: init, CLI, kernel, root filesystem
 image: setup kernel rootfs
 
 # Run Python code in a fresh VM, e.g. `just run 'print(1+1)'`; more vmexec flags may follow
 run code *flags: image
-    target/release/vmexec run -c "$1" "${@:2}"
+    @target/release/vmexec run -c "$1" "${@:2}"
 
 # ---- checks -------------------------------------------------------------
 
