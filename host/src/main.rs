@@ -49,7 +49,7 @@ struct RunArgs {
     #[arg(required_unless_present = "code")]
     file: Option<PathBuf>,
     /// Seconds the job may run before it is killed (0: no limit).
-    #[arg(long, default_value_t = 30.0)]
+    #[arg(long, default_value_t = 30.0, value_parser = parse_timeout)]
     timeout: f64,
     /// An environment variable for the job, NAME=VALUE (repeatable).
     #[arg(long = "env", value_name = "NAME=VALUE", value_parser = parse_env)]
@@ -57,11 +57,11 @@ struct RunArgs {
     /// Working directory of the job in the guest (default: its home).
     #[arg(long)]
     cwd: Option<String>,
-    /// Guest memory in MiB.
-    #[arg(long, default_value_t = 256)]
+    /// Guest memory in MiB (Python needs some 64 MiB to be useful).
+    #[arg(long, default_value_t = 256, value_parser = clap::value_parser!(u32).range(64..=65536))]
     memory: u32,
     /// Guest CPUs.
-    #[arg(long, default_value_t = 1)]
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=8))]
     cpus: u32,
     /// Print one JSON object with the output, exit status and timings.
     #[arg(long)]
@@ -81,6 +81,15 @@ struct RunArgs {
     /// Bytes of stdout (and of stderr) kept before the rest is dropped.
     #[arg(long, default_value_t = proto::DEFAULT_OUTPUT_LIMIT)]
     output_limit: u32,
+}
+
+fn parse_timeout(text: &str) -> Result<f64, String> {
+    let secs: f64 = text.parse().map_err(|_| format!("`{text}` is not a number of seconds"))?;
+    // The wire carries milliseconds in a u32: about 49 days.
+    if !(0.0..=4_000_000.0).contains(&secs) {
+        return Err(format!("`{text}`: give 0 (no limit) up to 4000000 seconds"));
+    }
+    Ok(secs)
 }
 
 fn parse_env(text: &str) -> Result<(String, String), String> {
