@@ -14,7 +14,7 @@ pub mod serve;
 pub mod spawn;
 pub mod sys;
 
-use core::sync::atomic::{AtomicBool, Ordering};
+use core::sync::atomic::AtomicBool;
 
 /// Set once the PID-1 boot duties ran: a panic must then power the VM off,
 /// since PID 1 may never exit.
@@ -29,5 +29,5 @@ pub fn main(args: sys::Args) -> ! {
 #[panic_handler]
 fn panic(info: &core::panic::PanicInfo<'_>) -> ! {
     log!("panic: {}", info.message());
-    if BOOTED.load(Ordering::Relaxed) { boot::power_off() } else { sys::exit(101) }
+    if BOOTED.load(core::sync::atomic::Ordering::Relaxed) { boot::power_off() } else { sys::exit(101) }
 }

@@ -10,7 +10,9 @@
 //! the use of its result. Each block below states what it relies on.
 #![allow(unsafe_code)]
 
-use core::arch::{asm, naked_asm};
+use core::arch::asm;
+#[cfg(not(test))]
+use core::arch::naked_asm;
 use core::ffi::CStr;
 
 use linux_raw_sys::general as sys;
