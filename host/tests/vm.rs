@@ -2,15 +2,15 @@
 //! and jobs run through the host library and the `vmexec` CLI. Needs the
 //! guest image (`just image`).
 
+mod common;
+
 use std::process::{Command, Output};
 use std::time::Duration;
 
+use common::{ZOMBIE_SCAN, double_forks, text};
+
 use proto::{Exit, Stream};
 use vmhost::{Job, Vm, VmConfig};
-
-fn text(bytes: &[u8]) -> String {
-    String::from_utf8_lossy(bytes).into_owned()
-}
 
 fn boot() -> Vm {
     let config = VmConfig::default();
@@ -224,32 +224,9 @@ fn cli_guesses_the_language_from_the_file() {
 
 // The PID-1 suite, exactly as a user would run it with vmexec.
 
-const ZOMBIE_SCAN: &str = r#"
-import os, time
-def zombies():
-    n = 0
-    for p in os.listdir('/proc'):
-        if not p.isdigit():
-            continue
-        try:
-            fields = dict(l.split(':', 1) for l in open(f'/proc/{p}/status') if ':' in l)
-        except OSError:
-            continue
-        if fields['State'].strip().startswith('Z') and fields['PPid'].strip() == '1':
-            n += 1
-    return n
-for _ in range(50):
-    n = zombies()
-    if n == 0:
-        break
-    time.sleep(0.1)
-print(f'ZOMBIE_COUNT:{n}')
-"#;
-
+/// The double forks, then the zombie scan, in one job.
 fn orphans(n: usize) -> String {
-    format!(
-        "import os\nfor _ in range({n}):\n    pid = os.fork()\n    if pid == 0:\n        if os.fork() == 0:\n            os._exit(0)\n        os._exit(0)\n    os.waitpid(pid, 0)\n{ZOMBIE_SCAN}"
-    )
+    format!("{}{ZOMBIE_SCAN}", double_forks(n))
 }
 
 #[test]
@@ -263,7 +240,7 @@ fn pid1_double_forked_orphan_reports_ppid_1() {
 fn pid1_orphans_leave_no_zombies() {
     for n in [1, 20, 50] {
         let out = vmexec(&["run", "-c", &orphans(n)]);
-        assert_eq!(text(&out.stdout), "ZOMBIE_COUNT:0\n", "after {n} orphans: {}", text(&out.stderr));
+        assert_eq!(text(&out.stdout), format!("SPAWNED:{n}\nZOMBIE_COUNT:0\n"), "{}", text(&out.stderr));
     }
 }
 
