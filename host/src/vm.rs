@@ -123,7 +123,7 @@ impl Vm {
         listener.set_nonblocking(true)?;
 
         let started = Instant::now();
-        let cmdline = kernel_cmdline("/sbin/init", "pid1_boot=1", config.debug);
+        let cmdline = kernel_cmdline("/sbin/init", "pid1_boot=1", accel, config.debug);
         let serial = if config.debug { Console::Stderr } else { Console::File(&console) };
         let mut command = qemu_command(config, accel, &cmdline, &socket, serial);
         let qemu_log = fs::File::create(dir.path().join("qemu.log")).map_err(Error::TempDir)?;
@@ -312,14 +312,21 @@ fn check_inputs(config: &VmConfig) -> Result<()> {
 /// The kernel command line for `init`. `extra` parameters the kernel does
 /// not know (like `pid1_boot=1`, which tells the init it may do the PID-1
 /// boot duties) reach the init as environment variables.
-pub fn kernel_cmdline(init: &str, extra: &str, debug: bool) -> String {
+pub fn kernel_cmdline(init: &str, extra: &str, accel: Accel, debug: bool) -> String {
     // reboot=t: a reset is a triple fault (microvm has no ACPI, no 8042),
     // which QEMU with -no-reboot turns into its exit. panic=-1: a panicking
     // kernel resets at once, so a failed boot ends QEMU instead of hanging.
+    // noapictimer (TCG only): without a TSC-deadline timer, which TCG does
+    // not emulate, the kernel calibrates the local APIC timer against the
+    // PIT for ~0.25 s; the PIT serves as the clock event device instead.
+    // KVM guests get the TSC-deadline timer and keep the APIC timer.
     let mut line = format!(
         "console=ttyS0 root=/dev/vda ro rootfstype=erofs init={init} {extra} \
          random.trust_cpu=on reboot=t panic=-1 printk.time=1"
     );
+    if accel != Accel::Kvm {
+        line.push_str(" noapictimer");
+    }
     if !debug {
         // Every console line costs time on an emulated UART.
         line.push_str(" quiet");

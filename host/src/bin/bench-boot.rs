@@ -60,7 +60,7 @@ fn baseline_run(config: &VmConfig, accel: Accel, lang: Lang) -> Result<f64> {
     let socket = dir.path().join("agent.sock");
     let _listener = UnixListener::bind(&socket)?;
     let job = if lang == Lang::Python { "bench_job=python" } else { "bench_job=sh" };
-    let cmdline = kernel_cmdline("/sbin/baseline-init", job, false);
+    let cmdline = kernel_cmdline("/sbin/baseline-init", job, accel, false);
     let mut command = qemu_command(config, accel, &cmdline, &socket, Console::Stdout);
     command.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::null());
     die_with_parent(&mut command);
