@@ -130,7 +130,7 @@ fn sigterm_ignoring_job_is_killed_after_the_grace() {
     let mut job = Job::python(
         "import signal, time\nsignal.signal(signal.SIGTERM, signal.SIG_IGN)\nprint('up', flush=True)\ntime.sleep(100)",
     );
-    job.timeout = Some(Duration::from_millis(1000));
+    job.timeout = Some(Duration::from_millis(2000));
     let out = init.run(&job);
     assert!(out.timed_out);
     assert_eq!((text(&out.stdout), out.exit), ("up\n".into(), Exit::Signal(9)));
