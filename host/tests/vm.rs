@@ -209,6 +209,43 @@ fn cli_says_what_is_missing() {
 }
 
 #[test]
+fn cli_ctrl_c_leaves_nothing_behind() {
+    use std::io::Read;
+    let tmp = tempfile::tempdir().unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_vmexec"))
+        .args(["run", "-l", "sh", "-c", "echo running; sleep 100"])
+        .env("TMPDIR", tmp.path())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Wait until the job runs, so that QEMU and the VM directory exist.
+    let mut first = [0u8; 8];
+    child.stdout.take().unwrap().read_exact(&mut first).unwrap();
+    assert_eq!(&first, b"running\n");
+    let qemu_of_this_run = || {
+        std::fs::read_dir("/proc")
+            .unwrap()
+            .filter_map(|e| std::fs::read(e.ok()?.path().join("cmdline")).ok())
+            .filter(|cmdline| String::from_utf8_lossy(cmdline).contains(&*tmp.path().to_string_lossy()))
+            .count()
+    };
+    assert_eq!(qemu_of_this_run(), 1, "QEMU runs with its socket under TMPDIR");
+    let pid = rustix::process::Pid::from_raw(child.id() as i32).unwrap();
+    rustix::process::kill_process(pid, rustix::process::Signal::INT).unwrap();
+    let status = child.wait().unwrap();
+    assert_eq!(status.code(), Some(130));
+    // QEMU is SIGKILLed; give the kernel a moment to tear it down.
+    for _ in 0..100 {
+        if qemu_of_this_run() == 0 {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(qemu_of_this_run(), 0, "no QEMU left");
+    assert_eq!(std::fs::read_dir(tmp.path()).unwrap().count(), 0, "no socket or temp file left");
+}
+
+#[test]
 fn cli_guesses_the_language_from_the_file() {
     let dir = tempfile::tempdir().unwrap();
     let script = dir.path().join("job.sh");
