@@ -10,6 +10,8 @@ pub mod boot;
 pub mod config;
 pub mod job;
 pub mod log;
+pub mod port;
+pub mod request;
 pub mod serve;
 pub mod spawn;
 pub mod sys;

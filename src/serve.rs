@@ -4,20 +4,18 @@
 
 use core::mem::{self, MaybeUninit};
 
-use proto::{
-    ErrorKind, Event, Exit, Exited, Frame, FrameReader, MAX_CHUNK, MAX_FRAME, Request, Run, Stats, Stream,
-};
+use proto::{ErrorKind, Event, Exit, Exited, Frame, FrameReader, MAX_CHUNK, MAX_FRAME, Request, Stream};
 use rustix::event::epoll;
-use rustix::fd::{AsFd, BorrowedFd, OwnedFd};
-use rustix::fs::{FileType, MemfdFlags};
+use rustix::fd::OwnedFd;
 use rustix::io::Errno;
 use rustix::process::{WaitOptions, WaitStatus};
-use rustix::time::{Itimerspec, TimerfdClockId, TimerfdFlags, TimerfdTimerFlags, Timespec};
+use rustix::time::{Itimerspec, TimerfdTimerFlags, Timespec};
 
 use crate::config::{Config, USAGE};
-use crate::job::{self, JobState, JobTable, Loading, MAX_JOBS, Machine, Running, SIGKILL, Sink, Step};
+use crate::job::{JobState, JobTable, MAX_JOBS, SIGKILL, Step};
 use crate::log::Os;
-use crate::spawn::{self, describe};
+use crate::port::Tx;
+use crate::request::{Ctx, error, handle};
 use crate::sys::{self, SigSet};
 use crate::{boot, log};
 
@@ -28,16 +26,11 @@ const SIGNALS: u64 = 2;
 const JOB_BASE: u64 = 16;
 /// stdout pipe, stderr pipe, timer.
 const PER_JOB: usize = 3;
-const TIMER: usize = 2;
+pub const TIMER: usize = 2;
 
 /// Events taken per `epoll_wait`: one per job descriptor and the fixed ones
 /// fit, so one round sees everything that is ready.
 const EVENTS: usize = MAX_JOBS * PER_JOB + 3;
-
-/// Bytes of events waiting for the host. Pipe reads stop while less than one
-/// frame of room is left, so job output waits in its pipes (and the jobs
-/// block on write) instead of in the init's memory.
-pub const TX_CAP: usize = 4 * MAX_FRAME;
 
 /// Reads of a pipe at a job's end, after its group is killed: a full pipe
 /// (64 KiB) is two reads of `MAX_CHUNK`; four leave margin.
@@ -60,77 +53,6 @@ const BLOCKED: SigSet = HANDLED
 /// CLOCK_BOOTTIME in nanoseconds: the clock the kernel's own boot counts in.
 pub fn now_ns() -> u64 {
     sys::boottime_ns()
-}
-
-/// Events queued for the host, written as fast as the port takes them.
-struct Tx {
-    fd: OwnedFd,
-    buf: [u8; TX_CAP],
-    head: usize,
-    tail: usize,
-    /// EPOLLOUT is registered for `fd`.
-    watched: bool,
-    /// The host is gone (EPIPE, EIO): events are dropped.
-    broken: bool,
-}
-
-impl Tx {
-    fn pending(&self) -> usize {
-        self.tail - self.head
-    }
-
-    fn room(&self) -> usize {
-        TX_CAP - self.pending()
-    }
-
-    /// Queues one event and writes what the port takes now.
-    fn send(&mut self, event: &Event<'_>) {
-        while !self.broken {
-            let pending = self.pending();
-            match proto::encode(event, &mut self.buf[self.tail..]) {
-                Ok(frame) => {
-                    self.tail += frame.len();
-                    break;
-                }
-                Err(_) if self.head > 0 => {
-                    self.buf.copy_within(self.head..self.tail, 0);
-                    self.tail -= self.head;
-                    self.head = 0;
-                }
-                Err(_) if pending == 0 => {
-                    log!("event larger than the send buffer, dropped");
-                    return;
-                }
-                // Full: only when the host stops reading while sending
-                // requests. Waiting here is the backpressure it asked for.
-                Err(_) => self.wait_writable(),
-            }
-        }
-        self.flush();
-    }
-
-    /// Writes until the queue is empty or the port would block.
-    fn flush(&mut self) {
-        while self.head < self.tail && !self.broken {
-            match rustix::io::write(&self.fd, &self.buf[self.head..self.tail]) {
-                Ok(n) => self.head += n,
-                Err(Errno::AGAIN) => return,
-                Err(Errno::INTR) => {}
-                Err(e) => {
-                    log!("agent port write failed: {}; dropping events", Os(e));
-                    self.broken = true;
-                }
-            }
-        }
-        self.head = 0;
-        self.tail = 0;
-    }
-
-    fn wait_writable(&mut self) {
-        let mut fds = [rustix::event::PollFd::new(&self.fd, rustix::event::PollFlags::OUT)];
-        let _ = rustix::event::poll(&mut fds, None);
-        self.flush();
-    }
 }
 
 /// Everything the loop owns.
@@ -216,7 +138,7 @@ impl Server {
             rx,
             signals,
             reader: FrameReader::new(),
-            tx: Tx { fd: tx, buf: [0; TX_CAP], head: 0, tail: 0, watched: false, broken: false },
+            tx: Tx::new(tx),
             jobs: JobTable::new(),
             paused: false,
             jobs_started: 0,
@@ -497,184 +419,7 @@ impl Server {
     }
 }
 
-/// The parts of the server a request may touch.
-struct Ctx<'a> {
-    config: &'a Config,
-    epoll: &'a OwnedFd,
-    tx: &'a mut Tx,
-    jobs: &'a mut JobTable,
-}
-
-fn handle(ctx: Ctx<'_>, jobs_started: &mut u32, orphans_reaped: u32, paused: bool, request: Request<'_>) {
-    match request {
-        Request::Run(run) => open_job(ctx, &run),
-        Request::Code { job, data } => {
-            if load_code(ctx.jobs, ctx.tx, job, data) {
-                start_job(ctx, job, paused, jobs_started);
-            }
-        }
-        Request::Signal { job, signal } => signal_job(ctx, job, signal),
-        Request::Ping { seq } => {
-            let stats = Stats { jobs_active: ctx.jobs.active(), jobs_started: *jobs_started, orphans_reaped };
-            ctx.tx.send(&Event::Pong { seq, stats });
-        }
-        // Handled by the loop, which owns the way out.
-        Request::Shutdown => {}
-    }
-}
-
-fn open_job(ctx: Ctx<'_>, run: &Run<'_>) {
-    let id = Some(run.job);
-    if ctx.jobs.find(run.job).is_some() {
-        return error(ctx.tx, id, ErrorKind::DuplicateJob, "a job with this id is loading or running");
-    }
-    if let Err(why) = job::check_run(run) {
-        return error(ctx.tx, id, ErrorKind::InvalidJob, &why);
-    }
-    let Some(i) = ctx.jobs.free_slot() else {
-        return error(ctx.tx, id, ErrorKind::Busy, "all job slots are in use");
-    };
-    let slot = &mut ctx.jobs.slots[i];
-    if let Err(why) = slot.env.fill(run, ctx.config.home.to_bytes()) {
-        return error(ctx.tx, id, ErrorKind::InvalidJob, &why);
-    }
-    if let Some(cwd) = slot.env.cwd() {
-        match rustix::fs::stat(cwd) {
-            Ok(st) if FileType::from_raw_mode(st.st_mode) == FileType::Directory => {}
-            Ok(_) => return error(ctx.tx, id, ErrorKind::InvalidJob, "cwd: not a directory"),
-            Err(_) => return error(ctx.tx, id, ErrorKind::InvalidJob, "cwd: no such directory"),
-        }
-    }
-    let code = match rustix::fs::memfd_create(c"job", MemfdFlags::CLOEXEC) {
-        Ok(fd) => fd,
-        Err(e) => return error(ctx.tx, id, ErrorKind::Spawn, describe(e)),
-    };
-    slot.state = JobState::Loading(Loading {
-        id: run.job,
-        lang: run.lang,
-        code,
-        code_len: run.code_len,
-        check: job::CodeCheck::default(),
-        timeout_ms: run.timeout_ms,
-        limits: [run.stdout_limit, run.stderr_limit],
-    });
-}
-
-/// Appends a chunk to a loading job's code; true once the code is complete
-/// and passed its checks.
-fn load_code(jobs: &mut JobTable, tx: &mut Tx, id: u32, data: &[u8]) -> bool {
-    let Some(i) = jobs.find(id) else {
-        error(tx, Some(id), ErrorKind::UnknownJob, "no job with this id");
-        return false;
-    };
-    let slot = &mut jobs.slots[i];
-    let JobState::Loading(job) = &mut slot.state else {
-        error(tx, Some(id), ErrorKind::InvalidJob, "code: the job already has all its code");
-        return false;
-    };
-    let refusal = if u64::from(job.check.seen) + data.len() as u64 > u64::from(job.code_len) {
-        Some((ErrorKind::InvalidJob, "code: more bytes than code_len"))
-    } else if let Err(e) = write_all(job.code.as_fd(), data) {
-        Some((ErrorKind::Spawn, describe(e)))
-    } else {
-        job.check.feed(data);
-        None
-    };
-    if let Some((kind, why)) = refusal {
-        slot.state = JobState::Free;
-        error(tx, Some(id), kind, why);
-        return false;
-    }
-    if job.check.seen < job.code_len {
-        return false;
-    }
-    if let Err(why) = job.check.verdict() {
-        slot.state = JobState::Free;
-        error(tx, Some(id), ErrorKind::InvalidJob, &why);
-        return false;
-    }
-    true
-}
-
-fn start_job(ctx: Ctx<'_>, id: u32, paused: bool, jobs_started: &mut u32) {
-    let Some(i) = ctx.jobs.find(id) else { return };
-    let slot = &mut ctx.jobs.slots[i];
-    let JobState::Loading(job) = mem::replace(&mut slot.state, JobState::Free) else { return };
-    let timer = match rustix::time::timerfd_create(
-        TimerfdClockId::Monotonic,
-        TimerfdFlags::NONBLOCK | TimerfdFlags::CLOEXEC,
-    ) {
-        Ok(timer) => timer,
-        Err(e) => return error(ctx.tx, Some(id), ErrorKind::Spawn, describe(e)),
-    };
-    let started_ns = now_ns();
-    let spawned = match spawn::spawn(ctx.config, job.lang, job.code.as_fd(), &slot.env) {
-        Ok(spawned) => spawned,
-        Err((what, e)) => {
-            let mut text = job::Refusal::new();
-            let _ = core::fmt::Write::write_fmt(
-                &mut text,
-                format_args!("cannot start the job: {what}: {}", describe(e)),
-            );
-            return error(ctx.tx, Some(id), ErrorKind::Spawn, &text);
-        }
-    };
-    // The code memfd is dropped here: the child holds its own copy.
-    let [stdout, stderr] = spawned.pipes;
-    for (stream, pipe) in [&stdout, &stderr].into_iter().enumerate() {
-        let _ = watch(ctx.epoll, pipe, job_token(i, stream), !paused);
-    }
-    let _ = watch(ctx.epoll, &timer, job_token(i, TIMER), true);
-    if job.timeout_ms > 0 {
-        arm(&timer, job.timeout_ms);
-    }
-    slot.state = JobState::Running(Running {
-        id,
-        pid: spawned.pid,
-        pipes: [Some(stdout), Some(stderr)],
-        timer,
-        machine: Machine::new(),
-        sinks: [Sink::new(job.limits[0]), Sink::new(job.limits[1])],
-        started_ns,
-    });
-    *jobs_started += 1;
-    ctx.tx.send(&Event::Started { job: id, pid: spawned.pid.as_raw_pid() as u32 });
-}
-
-fn signal_job(ctx: Ctx<'_>, id: u32, signal: u8) {
-    let Some(i) = ctx.jobs.find(id) else {
-        return error(ctx.tx, Some(id), ErrorKind::UnknownJob, "no job with this id");
-    };
-    match &ctx.jobs.slots[i].state {
-        JobState::Running(job) => {
-            if job.signal(signal).is_err() {
-                error(ctx.tx, Some(id), ErrorKind::InvalidJob, "signal: not a signal number");
-            }
-        }
-        _ => {
-            // Cancelled before it started: nothing ran.
-            ctx.jobs.slots[i].state = JobState::Free;
-            error(ctx.tx, Some(id), ErrorKind::InvalidJob, "signal: the job was cancelled before it started");
-        }
-    }
-}
-
-fn error(tx: &mut Tx, job: Option<u32>, kind: ErrorKind, message: &str) {
-    tx.send(&Event::Error { job, kind, message });
-}
-
-fn write_all(fd: BorrowedFd<'_>, mut data: &[u8]) -> rustix::io::Result<()> {
-    while !data.is_empty() {
-        match rustix::io::write(fd, data) {
-            Ok(n) => data = &data[n..],
-            Err(Errno::INTR) => {}
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(())
-}
-
-fn job_token(slot: usize, kind: usize) -> u64 {
+pub fn job_token(slot: usize, kind: usize) -> u64 {
     JOB_BASE + (slot * PER_JOB + kind) as u64
 }
 
@@ -688,7 +433,7 @@ fn flags(on: bool) -> epoll::EventFlags {
 
 /// Adds `fd` to the epoll set, for reading when `on` (or for writing, for
 /// the transmit side of the port).
-fn watch(epoll: &OwnedFd, fd: &OwnedFd, token: u64, on: bool) -> rustix::io::Result<()> {
+pub fn watch(epoll: &OwnedFd, fd: &OwnedFd, token: u64, on: bool) -> rustix::io::Result<()> {
     let flags = if token == PORT_TX && on { epoll::EventFlags::OUT } else { flags(on) };
     epoll::add(epoll, fd, epoll::EventData::new_u64(token), flags)
 }
@@ -699,7 +444,7 @@ fn rewatch(epoll: &OwnedFd, fd: &OwnedFd, token: u64, on: bool) -> rustix::io::R
 }
 
 /// Arms a one-shot timer `ms` from now.
-fn arm(timer: &OwnedFd, ms: u32) {
+pub fn arm(timer: &OwnedFd, ms: u32) {
     let value = Itimerspec {
         it_interval: Timespec { tv_sec: 0, tv_nsec: 0 },
         it_value: Timespec { tv_sec: i64::from(ms / 1000), tv_nsec: i64::from(ms % 1000) * 1_000_000 },
