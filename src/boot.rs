@@ -103,14 +103,20 @@ pub fn open_port(path: &CStr) -> rustix::io::Result<(OwnedFd, OwnedFd)> {
     Ok((rx, tx))
 }
 
+/// SIGKILL to every process but the caller, then reap them all (blocking:
+/// only PID 1, whose every process is its child by now, calls this).
+pub fn end_all_processes() {
+    sys::kill_all();
+    while let Ok(Some(_)) | Err(Errno::INTR) = rustix::process::wait(rustix::process::WaitOptions::empty()) {}
+}
+
 /// The end of the VM: every process killed and reaped, filesystems synced,
 /// then a reset. A microVM has no ACPI and no power button: the host runs
 /// QEMU with `-no-reboot`, so a reset (a triple fault with `reboot=t`) is
 /// what makes QEMU exit. Never returns; if the reset fails the init idles
 /// forever rather than exit (which would panic the kernel).
 pub fn power_off() -> ! {
-    sys::kill_all();
-    while let Ok(Some(_)) | Err(Errno::INTR) = rustix::process::wait(rustix::process::WaitOptions::empty()) {}
+    end_all_processes();
     rustix::fs::sync();
     if let Err(e) = rustix::system::reboot(rustix::system::RebootCommand::Restart) {
         log!("reset failed: {}", Os(e));

@@ -22,19 +22,27 @@ pub struct Ctx<'a> {
     pub epoll: &'a OwnedFd,
     pub tx: &'a mut Tx,
     pub jobs: &'a mut JobTable,
+    /// Pipe reads are paused (a new job's pipes start paused too).
+    pub paused: bool,
+    pub jobs_started: &'a mut u32,
+    pub orphans_reaped: u32,
 }
 
-pub fn handle(ctx: Ctx<'_>, jobs_started: &mut u32, orphans_reaped: u32, paused: bool, request: Request<'_>) {
+pub fn handle(ctx: Ctx<'_>, request: Request<'_>) {
     match request {
         Request::Run(run) => open_job(ctx, &run),
         Request::Code { job, data } => {
-            if load_code(ctx.jobs, ctx.tx, job, data) {
-                start_job(ctx, job, paused, jobs_started);
+            if let Some(i) = load_code(ctx.jobs, ctx.tx, job, data) {
+                start_job(ctx, i);
             }
         }
         Request::Signal { job, signal } => signal_job(ctx, job, signal),
         Request::Ping { seq } => {
-            let stats = Stats { jobs_active: ctx.jobs.active(), jobs_started: *jobs_started, orphans_reaped };
+            let stats = Stats {
+                jobs_active: ctx.jobs.active(),
+                jobs_started: *ctx.jobs_started,
+                orphans_reaped: ctx.orphans_reaped,
+            };
             ctx.tx.send(&Event::Pong { seq, stats });
         }
         // Handled by the loop, which owns the way out.
@@ -79,17 +87,17 @@ fn open_job(ctx: Ctx<'_>, run: &Run<'_>) {
     });
 }
 
-/// Appends a chunk to a loading job's code; true once the code is complete
-/// and passed its checks.
-fn load_code(jobs: &mut JobTable, tx: &mut Tx, id: u32, data: &[u8]) -> bool {
+/// Appends a chunk to a loading job's code; the job's slot once the code is
+/// complete and passed its checks.
+fn load_code(jobs: &mut JobTable, tx: &mut Tx, id: u32, data: &[u8]) -> Option<usize> {
     let Some(i) = jobs.find(id) else {
         error(tx, Some(id), ErrorKind::UnknownJob, "no job with this id");
-        return false;
+        return None;
     };
     let slot = &mut jobs.slots[i];
     let JobState::Loading(job) = &mut slot.state else {
         error(tx, Some(id), ErrorKind::InvalidJob, "code: the job already has all its code");
-        return false;
+        return None;
     };
     let refusal = if u64::from(job.check.seen) + data.len() as u64 > u64::from(job.code_len) {
         Some((ErrorKind::InvalidJob, "code: more bytes than code_len"))
@@ -102,23 +110,24 @@ fn load_code(jobs: &mut JobTable, tx: &mut Tx, id: u32, data: &[u8]) -> bool {
     if let Some((kind, why)) = refusal {
         slot.state = JobState::Free;
         error(tx, Some(id), kind, why);
-        return false;
+        return None;
     }
     if job.check.seen < job.code_len {
-        return false;
+        return None;
     }
     if let Err(why) = job.check.verdict() {
         slot.state = JobState::Free;
         error(tx, Some(id), ErrorKind::InvalidJob, &why);
-        return false;
+        return None;
     }
-    true
+    Some(i)
 }
 
-fn start_job(ctx: Ctx<'_>, id: u32, paused: bool, jobs_started: &mut u32) {
-    let Some(i) = ctx.jobs.find(id) else { return };
+/// Forks the job loaded in slot `i`.
+fn start_job(ctx: Ctx<'_>, i: usize) {
     let slot = &mut ctx.jobs.slots[i];
     let JobState::Loading(job) = mem::replace(&mut slot.state, JobState::Free) else { return };
+    let id = job.id;
     let timer = match rustix::time::timerfd_create(
         TimerfdClockId::Monotonic,
         TimerfdFlags::NONBLOCK | TimerfdFlags::CLOEXEC,
@@ -141,7 +150,7 @@ fn start_job(ctx: Ctx<'_>, id: u32, paused: bool, jobs_started: &mut u32) {
     // The code memfd is dropped here: the child holds its own copy.
     let [stdout, stderr] = spawned.pipes;
     for (stream, pipe) in [&stdout, &stderr].into_iter().enumerate() {
-        let _ = watch(ctx.epoll, pipe, job_token(i, stream), !paused);
+        let _ = watch(ctx.epoll, pipe, job_token(i, stream), !ctx.paused);
     }
     let _ = watch(ctx.epoll, &timer, job_token(i, TIMER), true);
     if job.timeout_ms > 0 {
@@ -156,7 +165,7 @@ fn start_job(ctx: Ctx<'_>, id: u32, paused: bool, jobs_started: &mut u32) {
         sinks: [Sink::new(job.limits[0]), Sink::new(job.limits[1])],
         started_ns,
     });
-    *jobs_started += 1;
+    *ctx.jobs_started += 1;
     ctx.tx.send(&Event::Started { job: id, pid: spawned.pid.as_raw_pid() as u32 });
 }
 

@@ -12,7 +12,7 @@ use rustix::process::{WaitOptions, WaitStatus};
 use rustix::time::{Itimerspec, TimerfdTimerFlags, Timespec};
 
 use crate::config::{Config, USAGE};
-use crate::job::{JobState, JobTable, MAX_JOBS, SIGKILL, Step};
+use crate::job::{JobState, JobTable, MAX_JOBS, Running, SIGKILL, Step};
 use crate::log::Os;
 use crate::port::Tx;
 use crate::request::{Ctx, error, handle};
@@ -236,10 +236,10 @@ impl Server {
                             epoll: &self.epoll,
                             tx: &mut self.tx,
                             jobs: &mut self.jobs,
+                            paused: self.paused,
+                            jobs_started: &mut self.jobs_started,
+                            orphans_reaped: self.orphans_reaped,
                         },
-                        &mut self.jobs_started,
-                        self.orphans_reaped,
-                        self.paused,
                         request,
                     ),
                     Err(_) if bytes[0] >= proto::REQUEST_VARIANTS => {
@@ -316,14 +316,7 @@ impl Server {
                 let step = job.machine.pipe_closed(stream);
                 self.apply(i, step);
             }
-            Ok(n) => {
-                let take = job.sinks[stream].admit(n);
-                if take > 0 {
-                    let event =
-                        Event::Output { job: job.id, stream: stream_of(stream), data: &self.buf[..take] };
-                    self.tx.send(&event);
-                }
-            }
+            Ok(n) => forward(&mut self.tx, job, stream, &self.buf[..n]),
             Err(_) => {}
         }
     }
@@ -370,17 +363,10 @@ impl Server {
             sys::kill_all();
         }
         for stream in 0..2 {
-            let Some(pipe) = &job.pipes[stream] else { continue };
+            let Some(pipe) = job.pipes[stream].take() else { continue };
             for _ in 0..FINAL_READS {
-                let Ok(n @ 1..) = rustix::io::read(pipe, &mut self.buf) else { break };
-                let take = job.sinks[stream].admit(n);
-                if take > 0 {
-                    self.tx.send(&Event::Output {
-                        job: job.id,
-                        stream: stream_of(stream),
-                        data: &self.buf[..take],
-                    });
-                }
+                let Ok(n @ 1..) = rustix::io::read(&pipe, &mut self.buf) else { break };
+                forward(&mut self.tx, &mut job, stream, &self.buf[..n]);
             }
         }
         let exited = Exited {
@@ -412,10 +398,18 @@ impl Server {
         }
         if self.pid1 {
             // PID 1 of a namespace: everything in it is ours to end.
-            sys::kill_all();
-            while let Ok(Some(_)) | Err(Errno::INTR) = rustix::process::wait(WaitOptions::empty()) {}
+            boot::end_all_processes();
         }
         sys::exit(0)
+    }
+}
+
+/// Sends what a job wrote on `stream`, up to its output limit; the rest is
+/// dropped and the stream flagged truncated.
+fn forward(tx: &mut Tx, job: &mut Running, stream: usize, data: &[u8]) {
+    let take = job.sinks[stream].admit(data.len());
+    if take > 0 {
+        tx.send(&Event::Output { job: job.id, stream: stream_of(stream), data: &data[..take] });
     }
 }
 
@@ -427,20 +421,23 @@ fn stream_of(index: usize) -> Stream {
     if index == 0 { Stream::Stdout } else { Stream::Stderr }
 }
 
-fn flags(on: bool) -> epoll::EventFlags {
-    if on { epoll::EventFlags::IN } else { epoll::EventFlags::empty() }
+/// What epoll watches `token` for when `on`: writability for the port's
+/// transmit side, readability for everything else; nothing when off.
+fn interest(token: u64, on: bool) -> epoll::EventFlags {
+    match (on, token) {
+        (false, _) => epoll::EventFlags::empty(),
+        (true, PORT_TX) => epoll::EventFlags::OUT,
+        (true, _) => epoll::EventFlags::IN,
+    }
 }
 
-/// Adds `fd` to the epoll set, for reading when `on` (or for writing, for
-/// the transmit side of the port).
+/// Adds `fd` to the epoll set (see [`interest`]).
 pub fn watch(epoll: &OwnedFd, fd: &OwnedFd, token: u64, on: bool) -> rustix::io::Result<()> {
-    let flags = if token == PORT_TX && on { epoll::EventFlags::OUT } else { flags(on) };
-    epoll::add(epoll, fd, epoll::EventData::new_u64(token), flags)
+    epoll::add(epoll, fd, epoll::EventData::new_u64(token), interest(token, on))
 }
 
 fn rewatch(epoll: &OwnedFd, fd: &OwnedFd, token: u64, on: bool) -> rustix::io::Result<()> {
-    let flags = if token == PORT_TX && on { epoll::EventFlags::OUT } else { flags(on) };
-    epoll::modify(epoll, fd, epoll::EventData::new_u64(token), flags)
+    epoll::modify(epoll, fd, epoll::EventData::new_u64(token), interest(token, on))
 }
 
 /// Arms a one-shot timer `ms` from now.

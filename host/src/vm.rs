@@ -168,7 +168,7 @@ impl Vm {
                 Err(Error::Closed) => {
                     // The guest went away: say why (a panic, QEMU's exit).
                     vm.check_panic()?;
-                    vm.wait_exit(Duration::from_secs(1));
+                    wait_exit(vm.child.as_mut().expect("child until take"), Duration::from_secs(1));
                     vm.check_alive()?;
                     return Err(vm.not_ready(timeout));
                 }
@@ -222,10 +222,7 @@ impl Vm {
     fn stop(&mut self) {
         if matches!(self.child.try_wait(), Ok(None)) {
             let _ = self.agent.shutdown();
-            let deadline = Instant::now() + EXIT_GRACE;
-            while matches!(self.child.try_wait(), Ok(None)) && Instant::now() < deadline {
-                std::thread::sleep(Duration::from_millis(5));
-            }
+            wait_exit(&mut self.child, EXIT_GRACE);
         }
         let _ = self.child.kill();
         let _ = self.child.wait();
@@ -262,14 +259,6 @@ impl VmStart {
         Ok(())
     }
 
-    fn wait_exit(&mut self, grace: Duration) {
-        let child = self.child.as_mut().expect("child until take");
-        let deadline = Instant::now() + grace;
-        while matches!(child.try_wait(), Ok(None)) && Instant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(5));
-        }
-    }
-
     /// A kernel that panicked before the init was ready does not always
     /// reset (and so end QEMU): read the console rather than wait out the
     /// deadline.
@@ -296,6 +285,14 @@ impl Drop for VmStart {
             let _ = child.kill();
             let _ = child.wait();
         }
+    }
+}
+
+/// Waits up to `grace` for QEMU to exit by itself.
+fn wait_exit(child: &mut Child, grace: Duration) {
+    let deadline = Instant::now() + grace;
+    while matches!(child.try_wait(), Ok(None)) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(5));
     }
 }
 
