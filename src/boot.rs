@@ -9,13 +9,13 @@
 use core::ffi::CStr;
 use core::fmt::Write;
 
-use rustix::fd::OwnedFd;
 use rustix::fs::{Mode, OFlags};
 use rustix::io::Errno;
 use rustix::mount::MountFlags;
 
 use crate::config::Config;
-use crate::log::{Os, Path};
+use crate::error::Os;
+use crate::log::Path;
 use crate::{log, sys};
 
 /// Device nodes that give a job the host's physical memory or I/O ports.
@@ -39,11 +39,11 @@ pub fn boot(config: &Config) {
 
     let mut home = heapless::Vec::<u8, 64>::new();
     let mut text = heapless::String::<63>::new();
-    let _ = write!(text, "mode=0700,uid={0},gid={0}", config.uid);
+    let _ = write!(text, "mode=0700,uid={0},gid={0}", config.jobs.uid);
     let _ = home.extend_from_slice(text.as_bytes());
     let _ = home.push(0);
-    let home_opts = CStr::from_bytes_with_nul(&home).unwrap_or(c"mode=0700");
-    mount(c"tmpfs", config.home, c"tmpfs", hardened, Some(home_opts));
+    let home_opts = CStr::from_bytes_until_nul(&home).unwrap_or(c"mode=0700");
+    mount(c"tmpfs", config.jobs.home, c"tmpfs", hardened, Some(home_opts));
 
     for node in DANGEROUS_NODES {
         match rustix::fs::unlink(node) {
@@ -87,20 +87,6 @@ pub fn protect_from_oom() {
     if let Err(e) = rustix::io::write(&file, b"-1000") {
         log!("cannot set oom_score_adj: {}", Os(e));
     }
-}
-
-/// Opens the agent port twice, one descriptor to read and one to write (so
-/// that epoll can watch each direction on its own), non-blocking, and puts
-/// a terminal in raw mode: no echo, no line editing, no CR/LF rewriting.
-pub fn open_port(path: &CStr) -> rustix::io::Result<(OwnedFd, OwnedFd)> {
-    let flags = OFlags::RDWR | OFlags::NOCTTY | OFlags::NONBLOCK | OFlags::CLOEXEC;
-    let rx = rustix::fs::open(path, flags, Mode::empty())?;
-    let tx = rustix::fs::open(path, flags, Mode::empty())?;
-    if let Ok(mut termios) = rustix::termios::tcgetattr(&rx) {
-        termios.make_raw();
-        rustix::termios::tcsetattr(&rx, rustix::termios::OptionalActions::Now, &termios)?;
-    }
-    Ok((rx, tx))
 }
 
 /// SIGKILL to every process but the caller, then reap them all (blocking:

@@ -15,6 +15,12 @@ pub struct Config {
     pub boot: bool,
     /// The agent port device; stdin/stdout when `None`.
     pub port: Option<&'static CStr>,
+    pub jobs: JobConfig,
+}
+
+/// How jobs are run.
+#[derive(Clone, Copy)]
+pub struct JobConfig {
     pub python: &'static CStr,
     pub shell: &'static CStr,
     /// Home and default working directory of jobs.
@@ -37,17 +43,19 @@ impl Config {
         let mut config = Config {
             boot: false,
             port: None,
-            python: c"/usr/bin/python3",
-            shell: c"/bin/sh",
-            home: c"/home/user",
-            uid: 1000,
+            jobs: JobConfig {
+                python: c"/usr/bin/python3",
+                shell: c"/bin/sh",
+                home: c"/home/user",
+                uid: 1000,
+            },
         };
         for var in environ {
             let var = var.to_bytes_with_nul();
             if let Some(value) = var.strip_prefix(b"pid1_boot=") {
                 config.boot = value == b"1\0";
             } else if let Some(value) = var.strip_prefix(b"pid1_port=") {
-                config.port = CStr::from_bytes_with_nul(value).ok();
+                config.port = CStr::from_bytes_until_nul(value).ok();
             }
         }
         while let Some(arg) = args.next() {
@@ -59,10 +67,10 @@ impl Config {
             let value = args.next().ok_or("missing value after a flag")?;
             match flag {
                 b"--port" => config.port = Some(value),
-                b"--python" => config.python = value,
-                b"--shell" => config.shell = value,
-                b"--home" => config.home = value,
-                b"--uid" => config.uid = parse_u32(value.to_bytes()).ok_or("--uid: not a number")?,
+                b"--python" => config.jobs.python = value,
+                b"--shell" => config.jobs.shell = value,
+                b"--home" => config.jobs.home = value,
+                b"--uid" => config.jobs.uid = parse_u32(value.to_bytes()).ok_or("--uid: not a number")?,
                 _ => return Err("unknown flag"),
             }
         }
@@ -94,11 +102,11 @@ mod tests {
     #[test]
     fn defaults_and_boot_port() {
         let c = parse(&[]).unwrap();
-        assert!(!c.boot && c.port.is_none() && c.uid == 1000);
+        assert!(!c.boot && c.port.is_none() && c.jobs.uid == 1000);
         let c = parse(&[c"--boot"]).unwrap();
         assert_eq!(c.port, Some(BOOT_PORT));
         let c = parse(&[c"--uid", c"0", c"--home", c"/tmp/h", c"--python", c"/x"]).unwrap();
-        assert_eq!((c.uid, c.home, c.python), (0, c"/tmp/h", c"/x"));
+        assert_eq!((c.jobs.uid, c.jobs.home, c.jobs.python), (0, c"/tmp/h", c"/x"));
     }
 
     #[test]

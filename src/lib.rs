@@ -8,12 +8,14 @@
 
 pub mod boot;
 pub mod config;
+pub mod error;
 pub mod job;
 pub mod log;
+pub mod poll;
 pub mod port;
-pub mod request;
+pub mod rt;
 pub mod serve;
-pub mod spawn;
+pub mod storage;
 pub mod sys;
 
 use core::sync::atomic::AtomicBool;
@@ -23,7 +25,7 @@ use core::sync::atomic::AtomicBool;
 static BOOTED: AtomicBool = AtomicBool::new(false);
 
 /// Called by `_start` with the command-line arguments.
-pub fn main(args: sys::Args) -> ! {
+pub fn main(args: rt::Args) -> ! {
     serve::run(args)
 }
 

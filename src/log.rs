@@ -20,16 +20,6 @@ pub fn line(args: fmt::Arguments<'_>) {
     let _ = rustix::io::write(crate::sys::stdio(2), text.as_bytes());
 }
 
-/// Shows an errno as `errno N (description)`, without the Debug machinery
-/// (which would bring Unicode tables into the binary).
-pub struct Os(pub rustix::io::Errno);
-
-impl fmt::Display for Os {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "errno {} ({})", self.0.raw_os_error(), crate::spawn::describe(self.0))
-    }
-}
-
 /// Shows a path (or any C string) as text, quoted.
 pub struct Path<'a>(pub &'a core::ffi::CStr);
 

@@ -1,24 +1,121 @@
-//! The agent port's send side: events queued for the host and written as
-//! fast as the port takes them, without ever blocking the loop unless the
-//! host stops reading altogether.
+//! The agent port: opening it, cutting what the host sends into frames
+//! ([`Rx`]), and the queue of events written as fast as the port takes them
+//! ([`Tx`]).
 
-use proto::{Event, MAX_FRAME};
+use core::ffi::CStr;
+
+use proto::{Event, Frame, FrameReader, MAX_CHUNK, MAX_FRAME};
 use rustix::fd::OwnedFd;
+use rustix::fs::{Mode, OFlags};
 use rustix::io::Errno;
 
+use crate::error::Os;
 use crate::log;
-use crate::log::Os;
+use crate::storage::TakeOnce;
 
 /// Bytes of events waiting for the host. Pipe reads stop while less than one
 /// frame of room is left, so job output waits in its pipes (and the jobs
 /// block on write) instead of in the init's memory.
 pub const TX_CAP: usize = 4 * MAX_FRAME;
 
+/// The port's buffers: 256 KiB of send queue, a frame being received, one
+/// read. All zeros, so in `.bss` for the life of the init.
+struct Buffers {
+    frame: FrameReader<MAX_FRAME>,
+    input: [u8; MAX_CHUNK],
+    queue: [u8; TX_CAP],
+}
+
+static BUFFERS: TakeOnce<Buffers> =
+    TakeOnce::new(Buffers { frame: FrameReader::new(), input: [0; MAX_CHUNK], queue: [0; TX_CAP] });
+
+/// Opens the port: the device at `path`, or stdin and stdout when `None`
+/// (outside a VM). Two descriptors, one per direction, so that epoll can
+/// watch each on its own; both non-blocking. Once only: the buffers are
+/// static.
+pub fn open(path: Option<&CStr>) -> Result<(Rx, Tx), (&'static str, Errno)> {
+    let buffers = BUFFERS.take().ok_or(("port buffers", Errno::BUSY))?;
+    let (rx, tx) = match path {
+        Some(path) => open_device(path).map_err(|e| ("agent port", e))?,
+        None => {
+            let rx = rustix::io::fcntl_dupfd_cloexec(crate::sys::stdio(0), 3).map_err(|e| ("stdin", e))?;
+            let tx = rustix::io::fcntl_dupfd_cloexec(crate::sys::stdio(1), 3).map_err(|e| ("stdout", e))?;
+            for fd in [&rx, &tx] {
+                rustix::fs::fcntl_setfl(fd, OFlags::NONBLOCK).map_err(|e| ("port", e))?;
+            }
+            (rx, tx)
+        }
+    };
+    let Buffers { frame, input, queue } = buffers;
+    Ok((
+        Rx { fd: rx, reader: frame, buf: input, start: 0, end: 0 },
+        Tx { fd: tx, buf: queue, head: 0, tail: 0, watched: false, broken: false },
+    ))
+}
+
+/// Opens a terminal device twice and puts it in raw mode: no echo, no line
+/// editing, no CR/LF rewriting.
+fn open_device(path: &CStr) -> rustix::io::Result<(OwnedFd, OwnedFd)> {
+    let flags = OFlags::RDWR | OFlags::NOCTTY | OFlags::NONBLOCK | OFlags::CLOEXEC;
+    let rx = rustix::fs::open(path, flags, Mode::empty())?;
+    let tx = rustix::fs::open(path, flags, Mode::empty())?;
+    if let Ok(mut termios) = rustix::termios::tcgetattr(&rx) {
+        termios.make_raw();
+        rustix::termios::tcsetattr(&rx, rustix::termios::OptionalActions::Now, &termios)?;
+    }
+    Ok((rx, tx))
+}
+
+/// Why the port gave no more input.
+pub enum RxEnd {
+    /// Nothing to read now.
+    Empty,
+    /// The host closed its end.
+    Closed,
+    Failed(Errno),
+}
+
+/// The receive side: bytes read from the port, cut into frames.
+pub struct Rx {
+    pub fd: OwnedFd,
+    reader: &'static mut FrameReader<MAX_FRAME>,
+    buf: &'static mut [u8; MAX_CHUNK],
+    /// `buf[start..end]` is read but not yet cut into frames.
+    start: usize,
+    end: usize,
+}
+
+impl Rx {
+    /// Reads what the port has, once the last read is all cut into frames.
+    pub fn fill(&mut self) -> Result<(), RxEnd> {
+        if self.start < self.end {
+            return Ok(());
+        }
+        match rustix::io::read(&self.fd, &mut self.buf[..]) {
+            Ok(0) => Err(RxEnd::Closed),
+            Ok(n) => {
+                (self.start, self.end) = (0, n);
+                Ok(())
+            }
+            Err(Errno::AGAIN | Errno::INTR) => Err(RxEnd::Empty),
+            Err(e) => Err(RxEnd::Failed(e)),
+        }
+    }
+
+    /// The next whole frame in what was read, if one ends there.
+    pub fn next_frame(&mut self) -> Option<Frame<'_>> {
+        // `push` takes everything when no frame ends in it.
+        let (used, frame) = self.reader.push(&self.buf[self.start..self.end]);
+        self.start += used;
+        frame
+    }
+}
+
 /// The send queue: a linear buffer of whole frames, compacted when the tail
 /// runs out of room.
 pub struct Tx {
     pub fd: OwnedFd,
-    buf: [u8; TX_CAP],
+    buf: &'static mut [u8; TX_CAP],
     head: usize,
     tail: usize,
     /// EPOLLOUT is registered for `fd`.
@@ -83,11 +180,5 @@ impl Tx {
         let mut fds = [rustix::event::PollFd::new(&self.fd, rustix::event::PollFlags::OUT)];
         let _ = rustix::event::poll(&mut fds, None);
         self.flush();
-    }
-}
-
-impl Tx {
-    pub fn new(fd: OwnedFd) -> Self {
-        Tx { fd, buf: [0; TX_CAP], head: 0, tail: 0, watched: false, broken: false }
     }
 }

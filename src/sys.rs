@@ -1,268 +1,84 @@
-//! Everything `unsafe` in the init: the entry point, the memory functions the
-//! compiler expects from a libc, and the few syscalls rustix has no stable
-//! wrapper for (fork, execve, exit, signal masks and dispositions, signalfd,
-//! dup2, close_range, kill with a raw signal number).
+//! The syscalls rustix has no stable wrapper for: fork and what a forked
+//! child does before exec (`dup2`, `close_range`, `execve`, signal
+//! dispositions), `exit_group`, the signal mask and signalfd, `kill` with any
+//! signal number, the loopback interface and the boot clock. Plus the types
+//! they take: [`Signal`], [`SigSet`], and [`Child`], the proof of being in a
+//! forked child.
 //!
 //! # Safety
 //!
 //! The init is one thread for its whole life, so `fork` cannot duplicate a
 //! lock held by another thread, and no other code runs between a syscall and
-//! the use of its result. Each block below states what it relies on.
+//! the use of its result. Every call of [`syscall`] states what makes its
+//! arguments valid.
 #![allow(unsafe_code)]
 
 use core::arch::asm;
-#[cfg(not(test))]
-use core::arch::naked_asm;
 use core::ffi::CStr;
 
 use linux_raw_sys::general as sys;
-use rustix::fd::{BorrowedFd, FromRawFd, OwnedFd, RawFd};
+use rustix::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 use rustix::io::{Errno, Result};
 use rustix::process::Pid;
 
-/// The kernel jumps here with the stack pointer at `argc`.
-///
-/// # Safety
-///
-/// Only the kernel calls this, once, with the initial process stack.
-#[cfg(not(test))]
-#[unsafe(naked)]
-#[unsafe(no_mangle)]
-pub unsafe extern "C" fn _start() -> ! {
-    naked_asm!(
-        "xor ebp, ebp",  // no caller frame: the outermost frame pointer is 0
-        "mov rdi, rsp",  // first argument: the address of argc
-        "and rsp, -16",  // the ABI wants a 16-byte aligned stack at a call
-        "call {entry}",  // never returns
-        "ud2",
-        entry = sym entry,
-    )
-}
-
-/// Turns the initial stack into the argument list and runs the init.
-#[cfg(not(test))]
-extern "C" fn entry(stack: *const usize) -> ! {
-    debug_assert!(!stack.is_null());
-    // SAFETY: the kernel puts argc at the initial stack pointer, followed by
-    // argc pointers to NUL-terminated strings that live as long as the process.
-    let args = unsafe {
-        let argc = *stack;
-        let argv = stack.add(1).cast::<*const core::ffi::c_char>();
-        Args { argv, argc, next: 1 }
-    };
-    crate::main(args)
-}
-
-/// The command-line arguments, program name skipped.
-pub struct Args {
-    argv: *const *const core::ffi::c_char,
-    argc: usize,
-    next: usize,
-}
-
-impl Args {
-    /// The environment strings (`NAME=value`) that follow the arguments on
-    /// the initial stack. The kernel puts its command line's `name=value`
-    /// parameters there, which is how a VM passes settings to its init.
-    pub fn environ(&self) -> Environ {
-        // SAFETY: envp starts right after argv's terminating null pointer,
-        // at argv + argc + 1 (see `entry`).
-        Environ { next: unsafe { self.argv.add(self.argc + 1) } }
-    }
-}
-
-impl Iterator for Args {
-    type Item = &'static CStr;
-
-    fn next(&mut self) -> Option<&'static CStr> {
-        if self.next >= self.argc {
-            return None;
-        }
-        // SAFETY: `next < argc`, and argv[0..argc] are valid C strings that
-        // live for the whole process (see `entry`).
-        let arg = unsafe { CStr::from_ptr(*self.argv.add(self.next)) };
-        self.next += 1;
-        Some(arg)
-    }
-}
-
-/// Iterator over the initial environment.
-pub struct Environ {
-    next: *const *const core::ffi::c_char,
-}
-
-impl Iterator for Environ {
-    type Item = &'static CStr;
-
-    fn next(&mut self) -> Option<&'static CStr> {
-        // SAFETY: envp is an array of C string pointers ended by a null
-        // pointer; `next` never moves past that null.
-        unsafe {
-            let ptr = *self.next;
-            if ptr.is_null() {
-                return None;
-            }
-            self.next = self.next.add(1);
-            Some(CStr::from_ptr(ptr))
-        }
-    }
-}
-
-// The compiler lowers copies, fills and comparisons to these symbols, which a
-// libc would provide. String instructions are short and fast on every x86_64
-// with ERMS; the comparisons use volatile loads so that the optimiser cannot
-// turn the loops back into calls to the functions being defined.
-
-/// # Safety
-///
-/// `dst` and `src` valid for `n` bytes and not overlapping.
-#[cfg(not(test))]
-#[unsafe(no_mangle)]
-pub unsafe extern "C" fn memcpy(dst: *mut u8, src: *const u8, n: usize) -> *mut u8 {
-    // SAFETY: the caller gives valid, disjoint ranges; the direction flag is
-    // clear as the ABI requires, so movsb copies forwards.
-    unsafe {
-        asm!("rep movsb", inout("rcx") n => _, inout("rdi") dst => _, inout("rsi") src => _,
-             options(nostack, preserves_flags));
-    }
-    dst
-}
-
-/// # Safety
-///
-/// `dst` and `src` valid for `n` bytes; they may overlap.
-#[cfg(not(test))]
-#[unsafe(no_mangle)]
-pub unsafe extern "C" fn memmove(dst: *mut u8, src: *const u8, n: usize) -> *mut u8 {
-    if (dst as usize).wrapping_sub(src as usize) >= n {
-        // SAFETY: dst is before src or past its end: a forward copy never
-        // reads a byte it already overwrote.
-        unsafe { memcpy(dst, src, n) };
-    } else {
-        // SAFETY: dst overlaps the tail of src: copy backwards from the last
-        // byte with the direction flag set, then clear it as the ABI requires.
-        unsafe {
-            asm!("std", "rep movsb", "cld",
-                 inout("rcx") n => _, inout("rdi") dst.add(n - 1) => _,
-                 inout("rsi") src.add(n - 1) => _, options(nostack));
-        }
-    }
-    dst
-}
-
-/// # Safety
-///
-/// `dst` valid for `n` bytes. As in C, the fill is `c` converted to a byte.
-#[cfg(not(test))]
-#[unsafe(no_mangle)]
-pub unsafe extern "C" fn memset(dst: *mut u8, c: i32, n: usize) -> *mut u8 {
-    // SAFETY: the caller gives a valid range; the direction flag is clear.
-    unsafe {
-        asm!("rep stosb", inout("rcx") n => _, inout("rdi") dst => _, in("al") c.to_le_bytes()[0],
-             options(nostack, preserves_flags));
-    }
-    dst
-}
-
-/// # Safety
-///
-/// `a` and `b` valid for `n` bytes.
-#[cfg(not(test))]
-#[unsafe(no_mangle)]
-pub unsafe extern "C" fn memcmp(a: *const u8, b: *const u8, n: usize) -> i32 {
-    for i in 0..n {
-        // SAFETY: `i < n` and both ranges are valid for `n` bytes.
-        let (x, y) = unsafe { (a.add(i).read_volatile(), b.add(i).read_volatile()) };
-        if x != y {
-            return i32::from(x) - i32::from(y);
-        }
-    }
-    0
-}
-
-/// # Safety
-///
-/// `a` and `b` valid for `n` bytes.
-#[cfg(not(test))]
-#[unsafe(no_mangle)]
-pub unsafe extern "C" fn bcmp(a: *const u8, b: *const u8, n: usize) -> i32 {
-    // SAFETY: same contract as memcmp.
-    unsafe { memcmp(a, b, n) }
-}
-
-/// # Safety
-///
-/// `s` points to a NUL-terminated string.
-#[cfg(not(test))]
-#[unsafe(no_mangle)]
-pub unsafe extern "C" fn strlen(s: *const u8) -> usize {
-    let mut n = 0;
-    // SAFETY: the string is terminated, so every byte up to the NUL is valid.
-    while unsafe { s.add(n).read_volatile() } != 0 {
-        n += 1;
-    }
-    n
-}
-
 /// Raw `syscall` with up to four arguments; negative results are errnos.
-fn ret(value: isize) -> Result<usize> {
+///
+/// # Safety
+///
+/// The arguments must be what syscall `nr` expects: pointers valid for what
+/// the kernel reads or writes through them, descriptors the caller may use
+/// that way.
+// Inlined: each call site then loads its registers directly, which takes
+// fewer bytes than building the argument array for a call.
+#[inline(always)]
+unsafe fn syscall(nr: u32, args: [usize; 4]) -> Result<usize> {
+    let value: isize;
+    // SAFETY: the caller vouches for the arguments; `syscall` clobbers only
+    // rcx and r11, declared here, and touches no stack.
+    unsafe {
+        asm!("syscall", inlateout("rax") nr as isize => value,
+             in("rdi") args[0], in("rsi") args[1], in("rdx") args[2], in("r10") args[3],
+             lateout("rcx") _, lateout("r11") _, options(nostack));
+    }
     if (-4095..0).contains(&value) {
         Err(Errno::from_raw_os_error(i32::try_from(-value).unwrap_or(0)))
     } else {
-        Ok(value as usize)
+        Ok(value.unsigned_abs())
     }
 }
 
-macro_rules! syscall {
-    ($nr:expr $(, $a:expr)* $(,)?) => {{
-        let args: [usize; 4] = {
-            let mut v = [0usize; 4];
-            let given: &[usize] = &[$($a as usize),*];
-            let mut i = 0;
-            while i < given.len() { v[i] = given[i]; i += 1; }
-            v
-        };
-        let value: isize;
-        // SAFETY: each caller passes arguments that match the syscall's
-        // contract (see the wrapper's comment); `syscall` clobbers rcx, r11.
-        unsafe {
-            asm!("syscall", inlateout("rax") $nr as isize => value,
-                 in("rdi") args[0], in("rsi") args[1], in("rdx") args[2], in("r10") args[3],
-                 lateout("rcx") _, lateout("r11") _, options(nostack));
+/// A signal number, 1 to 64 (the kernel's `_NSIG`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Signal(u8);
+
+impl Signal {
+    pub const INT: Signal = Signal::known(sys::SIGINT);
+    pub const KILL: Signal = Signal::known(sys::SIGKILL);
+    pub const TERM: Signal = Signal::known(sys::SIGTERM);
+    pub const CHLD: Signal = Signal::known(sys::SIGCHLD);
+    pub const PIPE: Signal = Signal::known(sys::SIGPIPE);
+    pub const HUP: Signal = Signal::known(sys::SIGHUP);
+    pub const QUIT: Signal = Signal::known(sys::SIGQUIT);
+    pub const PWR: Signal = Signal::known(sys::SIGPWR);
+    const STOP: Signal = Signal::known(sys::SIGSTOP);
+
+    /// The signal numbered `n`, if there is one.
+    // Within 1..=64 the cast is exact.
+    #[allow(clippy::cast_possible_truncation)]
+    pub const fn new(n: u32) -> Option<Signal> {
+        if n >= 1 && n <= 64 { Some(Signal(n as u8)) } else { None }
+    }
+
+    /// A number from the kernel's headers; checked when compiling.
+    const fn known(n: u32) -> Signal {
+        match Signal::new(n) {
+            Some(signal) => signal,
+            None => panic!("not a signal number"),
         }
-        ret(value)
-    }};
-}
-
-/// `fork()` — a copy of this process; `None` in the child.
-pub fn fork() -> Result<Option<Pid>> {
-    // fork takes no arguments. The child is a copy of a one-thread process,
-    // so it inherits no lock held by another thread.
-    let pid = syscall!(sys::__NR_fork)?;
-    Ok(i32::try_from(pid).ok().and_then(Pid::from_raw))
-}
-
-/// `execve(path, argv, envp)` — returns only on failure.
-///
-/// `argv` and `envp` must end with a null pointer and point to C strings.
-pub fn execve(path: &CStr, argv: &[*const u8], envp: &[*const u8]) -> Errno {
-    if argv.last() != Some(&core::ptr::null()) || envp.last() != Some(&core::ptr::null()) {
-        return Errno::INVAL;
     }
-    // The arrays are null-terminated (checked above); their strings are owned
-    // by the caller's job slot and outlive the call.
-    match syscall!(sys::__NR_execve, path.as_ptr(), argv.as_ptr(), envp.as_ptr()) {
-        Err(e) => e,
-        Ok(_) => Errno::INVAL,
-    }
-}
 
-/// `exit_group(code)` — ends the process (the job child after a failed exec,
-/// or the init outside a VM).
-pub fn exit(code: u8) -> ! {
-    // exit_group takes a plain int and does not return.
-    loop {
-        let _ = syscall!(sys::__NR_exit_group, code);
+    pub const fn number(self) -> u8 {
+        self.0
     }
 }
 
@@ -271,29 +87,95 @@ pub fn exit(code: u8) -> ! {
 pub struct SigSet(u64);
 
 impl SigSet {
-    pub const fn new() -> Self {
-        Self(0)
-    }
+    pub const EMPTY: SigSet = SigSet(0);
 
-    pub const fn with(self, signal: u32) -> Self {
-        Self(self.0 | 1 << (signal - 1))
+    pub const fn with(self, signal: Signal) -> Self {
+        Self(self.0 | 1 << (signal.0 - 1))
     }
 }
 
 /// `rt_sigprocmask(SIG_SETMASK, set)` — the signals this thread holds back.
 pub fn set_signal_mask(set: SigSet) -> Result<()> {
-    // The set is a valid 8-byte sigset; the old mask is not wanted (null).
-    syscall!(sys::__NR_rt_sigprocmask, sys::SIG_SETMASK, &raw const set.0, 0usize, 8usize)?;
+    let args = [sys::SIG_SETMASK as usize, (&raw const set.0).expose_provenance(), 0, 8];
+    // SAFETY: the set is a valid 8-byte sigset read by the kernel; the old
+    // mask is not wanted (null).
+    unsafe { syscall(sys::__NR_rt_sigprocmask, args) }?;
     Ok(())
 }
 
 /// `signalfd4(-1, set, SFD_NONBLOCK | SFD_CLOEXEC)` — a descriptor that reads
 /// the blocked signals in `set` as `signalfd_siginfo` records.
 pub fn signalfd(set: SigSet) -> Result<OwnedFd> {
-    let flags = sys::O_NONBLOCK | sys::O_CLOEXEC;
-    // The set is a valid 8-byte sigset; -1 asks for a new descriptor.
-    let fd = syscall!(sys::__NR_signalfd4, -1isize, &raw const set.0, 8usize, flags)?;
-    Ok(owned(fd))
+    let flags = (sys::O_NONBLOCK | sys::O_CLOEXEC) as usize;
+    // SAFETY: the set is a valid 8-byte sigset read by the kernel; -1 asks
+    // for a new descriptor.
+    let fd = unsafe {
+        syscall(sys::__NR_signalfd4, [usize::MAX, (&raw const set.0).expose_provenance(), 8, flags])
+    }?;
+    // SAFETY: signalfd4 just created `fd`; nothing else owns it.
+    Ok(unsafe { owned(fd) })
+}
+
+/// `kill(-pgid, signal)` — a whole process group.
+pub fn kill_group(pgid: Pid, signal: Signal) -> Result<()> {
+    kill(-pgid.as_raw_pid(), signal)
+}
+
+/// `kill(pid, signal)` — one process.
+pub fn kill_process(pid: Pid, signal: Signal) -> Result<()> {
+    kill(pid.as_raw_pid(), signal)
+}
+
+/// `kill(-1, SIGKILL)` — every process but the caller.
+pub fn kill_all() {
+    let _ = kill(-1, Signal::KILL);
+}
+
+/// rustix's `kill` takes only the named signals; a host may send any.
+fn kill(target: i32, signal: Signal) -> Result<()> {
+    // Sign-extended, as the kernel reads the pid argument as an int.
+    let target = target as isize as usize;
+    // SAFETY: plain numbers, which the kernel checks.
+    unsafe { syscall(sys::__NR_kill, [target, usize::from(signal.0), 0, 0]) }?;
+    Ok(())
+}
+
+/// `exit_group(code)` — ends the process: the init outside a VM, or a job
+/// child that could not exec.
+pub fn exit(code: u8) -> ! {
+    loop {
+        // SAFETY: exit_group takes a plain int and does not return.
+        let _ = unsafe { syscall(sys::__NR_exit_group, [usize::from(code), 0, 0, 0]) };
+    }
+}
+
+/// Which side of a [`fork`] this is.
+pub enum Fork {
+    Parent(Pid),
+    Child(Child),
+}
+
+/// Proof of running in a child just forked by [`fork`]: the calls that are
+/// valid only there (they reuse descriptor numbers the parent's `OwnedFd`s
+/// still name) take it.
+pub struct Child(());
+
+/// `fork()`.
+///
+/// # Safety
+///
+/// The process has one thread. On the `Fork::Child` side the caller ends in
+/// [`Child::execve`] or [`exit`]: it never returns into code that uses or
+/// drops a descriptor inherited from the parent, since [`Child::dup2`] and
+/// [`Child::close_from`] may have closed or replaced it.
+pub unsafe fn fork() -> Result<Fork> {
+    // SAFETY: fork takes no arguments. The caller guarantees one thread, so
+    // the child inherits no lock held by another.
+    let pid = unsafe { syscall(sys::__NR_fork, [0; 4]) }?;
+    Ok(match i32::try_from(pid).ok().and_then(Pid::from_raw) {
+        Some(pid) => Fork::Parent(pid),
+        None => Fork::Child(Child(())),
+    })
 }
 
 /// The kernel's `struct sigaction` for x86_64 (not libc's).
@@ -305,61 +187,109 @@ struct KernelSigaction {
     mask: u64,
 }
 
-/// Sets every catchable signal's disposition back to the default, so that a
-/// job does not inherit an ignored signal from whoever started the init.
-pub fn reset_signal_dispositions() {
-    let action = KernelSigaction { handler: 0 /* SIG_DFL */, flags: 0, restorer: 0, mask: 0 };
-    for signal in 1..=64u32 {
-        if signal == sys::SIGKILL || signal == sys::SIGSTOP {
-            continue;
+impl Child {
+    /// Sets every catchable signal's disposition back to the default, so
+    /// that a job does not inherit an ignored signal from whoever started
+    /// the init.
+    pub fn reset_signal_dispositions(&self) {
+        let action = KernelSigaction { handler: 0 /* SIG_DFL */, flags: 0, restorer: 0, mask: 0 };
+        for signal in (1..=64).filter_map(Signal::new) {
+            if signal == Signal::KILL || signal == Signal::STOP {
+                continue;
+            }
+            let args = [usize::from(signal.0), (&raw const action).expose_provenance(), 0, 8];
+            // SAFETY: the action is a valid kernel sigaction for SIG_DFL,
+            // which needs no restorer; the old action is not wanted (null).
+            let _ = unsafe { syscall(sys::__NR_rt_sigaction, args) };
         }
-        // The action is a valid kernel sigaction for SIG_DFL, which needs no
-        // restorer; the old action is not wanted (null).
-        let _ = syscall!(sys::__NR_rt_sigaction, signal, &raw const action, 0usize, 8usize);
+    }
+
+    /// `dup2(from, to)` — makes `to` a copy of `from`, without close-on-exec.
+    /// Whatever `to` was is closed: valid in the child only (see [`fork`]).
+    pub fn dup2(&self, from: BorrowedFd<'_>, to: RawFd) -> Result<()> {
+        let args = [from.as_raw_fd() as usize, to as usize, 0, 0];
+        // SAFETY: plain descriptor numbers. Closing `to` under an `OwnedFd`
+        // is what `fork`'s contract allows in the child.
+        unsafe { syscall(sys::__NR_dup2, args) }?;
+        Ok(())
+    }
+
+    /// `close_range(first, ~0, 0)` — closes every descriptor from `first` up:
+    /// valid in the child only (see [`fork`]).
+    pub fn close_from(&self, first: RawFd) {
+        // SAFETY: plain numbers; closing descriptors that parent `OwnedFd`s
+        // name is what `fork`'s contract allows in the child.
+        let _ = unsafe { syscall(sys::__NR_close_range, [first as usize, u32::MAX as usize, 0, 0]) };
+    }
+
+    /// `execve(path, argv, envp)` — returns only on failure.
+    pub fn execve<const A: usize, const E: usize>(
+        &self,
+        path: &CStr,
+        argv: &CStrArray<'_, A>,
+        envp: &CStrArray<'_, E>,
+    ) -> Errno {
+        let args = [
+            path.as_ptr().expose_provenance(),
+            argv.as_ptr().expose_provenance(),
+            envp.as_ptr().expose_provenance(),
+            0,
+        ];
+        // SAFETY: `path` is a C string; `CStrArray` holds pointers to C
+        // strings it borrows, followed by a null pointer.
+        match unsafe { syscall(sys::__NR_execve, args) } {
+            Err(e) => e,
+            Ok(_) => Errno::INVAL,
+        }
     }
 }
 
-/// `dup2(from, to)` — makes `to` a copy of `from` (without close-on-exec).
-pub fn dup2(from: BorrowedFd<'_>, to: RawFd) -> Result<()> {
-    use rustix::fd::AsRawFd;
-    // Both are plain descriptor numbers; the kernel checks them.
-    syscall!(sys::__NR_dup2, from.as_raw_fd(), to)?;
-    Ok(())
+/// A null-terminated array of pointers to C strings, as `execve` takes
+/// `argv` and `envp`; room for `N - 1` strings.
+pub struct CStrArray<'a, const N: usize> {
+    ptrs: heapless::Vec<*const core::ffi::c_char, N>,
+    strings: core::marker::PhantomData<&'a CStr>,
 }
 
-/// `close_range(first, ~0, 0)` — closes every descriptor from `first` up.
-pub fn close_from(first: RawFd) {
-    // Plain numbers; only used in the job child right before exec, where no
-    // descriptor above `first` is owned by live Rust code that will use it.
-    let _ = syscall!(sys::__NR_close_range, first, u32::MAX, 0usize);
+impl<'a, const N: usize> CStrArray<'a, N> {
+    pub fn new() -> Self {
+        let mut ptrs = heapless::Vec::new();
+        // N is at least 1 for any array that holds a string; an N of 0 stays
+        // empty and `as_ptr` never hands it out without its null.
+        let _ = ptrs.push(core::ptr::null());
+        Self { ptrs, strings: core::marker::PhantomData }
+    }
+
+    /// Appends a string; `E2BIG` when full, as `execve` would say.
+    pub fn push(&mut self, s: &'a CStr) -> Result<()> {
+        if self.ptrs.is_full() {
+            return Err(Errno::TOOBIG);
+        }
+        let end = self.ptrs.len() - 1;
+        self.ptrs[end] = s.as_ptr();
+        self.ptrs.push(core::ptr::null()).map_err(|_| Errno::TOOBIG)
+    }
+
+    fn as_ptr(&self) -> *const *const core::ffi::c_char {
+        self.ptrs.as_ptr()
+    }
 }
 
-/// `kill(-pgid, signal)` with any signal number a host may ask for.
-pub fn kill_group(pgid: Pid, signal: u8) -> Result<()> {
-    // Plain numbers; the kernel validates the signal.
-    syscall!(sys::__NR_kill, -pgid.as_raw_pid() as isize, signal)?;
-    Ok(())
-}
-
-/// `kill(pid, signal)` — one process.
-pub fn kill_process(pid: Pid, signal: u8) -> Result<()> {
-    // Plain numbers; the kernel validates the signal.
-    syscall!(sys::__NR_kill, pid.as_raw_pid() as isize, signal)?;
-    Ok(())
-}
-
-/// `kill(-1, SIGKILL)` — every process but the caller (PID 1 at shutdown).
-pub fn kill_all() {
-    // Plain numbers.
-    let _ = syscall!(sys::__NR_kill, -1isize, sys::SIGKILL);
+impl<const N: usize> Default for CStrArray<'_, N> {
+    fn default() -> Self {
+        Self::new()
+    }
 }
 
 /// Takes ownership of a descriptor number the kernel just returned.
-fn owned(fd: usize) -> OwnedFd {
-    // SAFETY: `fd` was just returned by a syscall that creates a descriptor;
-    // nothing else owns it.
+///
+/// # Safety
+///
+/// `fd` is an open descriptor that nothing else owns.
+unsafe fn owned(fd: usize) -> OwnedFd {
     // Descriptor numbers are ints: the conversion is exact.
     #[allow(clippy::cast_possible_truncation)]
+    // SAFETY: the caller hands over an open descriptor nothing else owns.
     unsafe {
         OwnedFd::from_raw_fd(fd as RawFd)
     }
@@ -389,15 +319,18 @@ pub fn bring_up_loopback() -> Result<()> {
     const SIOCGIFFLAGS: usize = 0x8913;
     const SIOCSIFFLAGS: usize = 0x8914;
     const IFF_UP: i16 = 1;
-    let sock = owned(syscall!(sys::__NR_socket, AF_INET, SOCK_DGRAM_CLOEXEC, 0usize)?);
-    use rustix::fd::AsRawFd;
+    // SAFETY: plain numbers.
+    let sock = unsafe { syscall(sys::__NR_socket, [AF_INET, SOCK_DGRAM_CLOEXEC, 0, 0]) }?;
+    // SAFETY: socket just created `sock`; nothing else owns it.
+    let sock = unsafe { owned(sock) };
     let mut req = IfReq { name: [0; 16], flags: 0, _rest: [0; 22] };
     req.name[..2].copy_from_slice(b"lo");
-    // `req` is a valid ifreq the kernel fills in (flags) for this socket.
-    syscall!(sys::__NR_ioctl, sock.as_raw_fd(), SIOCGIFFLAGS, &raw mut req)?;
+    let fd = sock.as_raw_fd() as usize;
+    // SAFETY: `req` is a valid ifreq, which the kernel fills in (flags).
+    unsafe { syscall(sys::__NR_ioctl, [fd, SIOCGIFFLAGS, (&raw mut req).expose_provenance(), 0]) }?;
     req.flags |= IFF_UP;
-    // The same ifreq, read by the kernel.
-    syscall!(sys::__NR_ioctl, sock.as_raw_fd(), SIOCSIFFLAGS, &raw const req)?;
+    // SAFETY: the same ifreq, read by the kernel.
+    unsafe { syscall(sys::__NR_ioctl, [fd, SIOCSIFFLAGS, (&raw const req).expose_provenance(), 0]) }?;
     Ok(())
 }
 
@@ -406,8 +339,10 @@ pub fn bring_up_loopback() -> Result<()> {
 /// about 2 KiB of ELF parsing to the binary.
 pub fn boottime_ns() -> u64 {
     let mut ts = [0i64; 2];
-    // `ts` is a valid `struct timespec` (two 64-bit fields on x86_64).
-    let _ = syscall!(sys::__NR_clock_gettime, sys::CLOCK_BOOTTIME, &raw mut ts);
+    let args = [sys::CLOCK_BOOTTIME as usize, (&raw mut ts).expose_provenance(), 0, 0];
+    // SAFETY: `ts` is a valid `struct timespec` (two 64-bit fields on
+    // x86_64), which the kernel fills in.
+    let _ = unsafe { syscall(sys::__NR_clock_gettime, args) };
     let secs = u64::try_from(ts[0]).unwrap_or(0);
     let nanos = u64::try_from(ts[1]).unwrap_or(0);
     secs * 1_000_000_000 + nanos

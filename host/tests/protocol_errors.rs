@@ -60,6 +60,10 @@ fn malformed_oversize_and_unknown_frames_get_errors() {
     // Valid COBS, not a request: tag 0 (Run) and nothing else.
     init.agent.send_raw(&[0x01, 0x01, 0x00]).unwrap();
     assert_eq!(next_error(&mut init).1, ErrorKind::Malformed);
+    // Valid COBS for an empty message: no tag at all (this once panicked
+    // PID 1 in its unknown-tag check).
+    init.agent.send_raw(&[0x01, 0x00]).unwrap();
+    assert_eq!(next_error(&mut init).1, ErrorKind::Malformed);
     // A tag from a newer host.
     init.agent.send_raw(&[0x03, 0x09, 0x01, 0x00]).unwrap();
     assert_eq!(next_error(&mut init).1, ErrorKind::UnknownMessage);

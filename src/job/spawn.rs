@@ -4,6 +4,13 @@
 //! The code is not passed in argv (one argument is limited to 128 KiB): it
 //! sits in a memfd that the child holds as descriptor 3, and the interpreter
 //! is given `/proc/self/fd/3` as its script.
+//!
+//! # Safety
+//!
+//! The one `unsafe` call is `fork`: its contract (one thread; the child
+//! never returns into the init's code) is kept by [`spawn`], whose child
+//! side ends in `execve` or `exit`.
+#![allow(unsafe_code)]
 
 use core::ffi::CStr;
 
@@ -13,10 +20,11 @@ use rustix::fs::{Mode, OFlags};
 use rustix::io::{Errno, FdFlags};
 use rustix::process::{Pid, Resource, Rlimit};
 
-use crate::config::Config;
-use crate::job::EnvBlock;
+use super::env::{DEFAULT_ENV, EnvBlock};
+use crate::config::JobConfig;
+use crate::error::describe;
 use crate::log::Path;
-use crate::sys;
+use crate::sys::{self, CStrArray, Fork, SigSet};
 
 /// Processes the job user may have at once (RLIMIT_NPROC): room for real
 /// parallel work, a wall against a fork bomb taking the VM down.
@@ -29,7 +37,7 @@ const CODE_FD: i32 = 3;
 const SCRIPT: &CStr = c"/proc/self/fd/3";
 
 /// Longest argv+envp: every job variable, the defaults and the terminator.
-const MAX_ENVP: usize = proto::MAX_ENV + crate::job::DEFAULT_ENV.len() + 2;
+const MAX_ENVP: usize = proto::MAX_ENV + DEFAULT_ENV.len() + 2;
 
 /// A forked job: its leader and the read ends of its stdout and stderr.
 pub struct Spawned {
@@ -39,7 +47,7 @@ pub struct Spawned {
 
 /// Forks the interpreter for `lang` on the code in `code`.
 pub fn spawn(
-    config: &Config,
+    config: &JobConfig,
     lang: Lang,
     code: BorrowedFd<'_>,
     env: &EnvBlock,
@@ -54,18 +62,20 @@ pub fn spawn(
     let (out_read, out_write) = pipe().map_err(|e| ("pipe", e))?;
     let (err_read, err_write) = pipe().map_err(|e| ("pipe", e))?;
 
-    let argv = [interpreter.as_ptr().cast::<u8>(), SCRIPT.as_ptr().cast(), core::ptr::null()];
-    let mut envp = heapless::Vec::<*const u8, MAX_ENVP>::new();
+    let mut argv = CStrArray::<3>::new();
+    let mut envp = CStrArray::<MAX_ENVP>::new();
+    argv.push(interpreter).and_then(|()| argv.push(SCRIPT)).map_err(|e| ("arguments", e))?;
     for var in env.vars() {
-        envp.push(var.as_ptr().cast()).map_err(|_| ("environment", Errno::TOOBIG))?;
+        envp.push(var).map_err(|e| ("environment", e))?;
     }
-    envp.push(core::ptr::null()).map_err(|_| ("environment", Errno::TOOBIG))?;
     let cwd = env.cwd().unwrap_or(config.home);
 
-    match sys::fork().map_err(|e| ("fork", e))? {
-        Some(pid) => Ok(Spawned { pid, pipes: [out_read, err_read] }),
-        None => {
-            let child = Child {
+    // SAFETY: the init has one thread. The child ends in `exec`, which
+    // returns only to `exit`: it never returns to the init's code.
+    match unsafe { sys::fork() }.map_err(|e| ("fork", e))? {
+        Fork::Parent(pid) => Ok(Spawned { pid, pipes: [out_read, err_read] }),
+        Fork::Child(child) => {
+            let setup = Setup {
                 config,
                 interpreter,
                 cwd,
@@ -73,7 +83,7 @@ pub fn spawn(
                 stdout: out_write.as_fd(),
                 stderr: err_write.as_fd(),
             };
-            child.exec(&argv, &envp)
+            setup.exec(&child, &argv, &envp)
         }
     }
 }
@@ -85,8 +95,8 @@ fn pipe() -> rustix::io::Result<(OwnedFd, OwnedFd)> {
 }
 
 /// What the child needs between fork and exec.
-struct Child<'a> {
-    config: &'a Config,
+struct Setup<'a> {
+    config: &'a JobConfig,
     interpreter: &'a CStr,
     cwd: &'a CStr,
     code: BorrowedFd<'a>,
@@ -94,28 +104,33 @@ struct Child<'a> {
     stderr: BorrowedFd<'a>,
 }
 
-impl Child<'_> {
-    /// Runs in the forked child only; never returns.
-    fn exec(&self, argv: &[*const u8], envp: &[*const u8]) -> ! {
+impl Setup<'_> {
+    /// Runs in the forked child only (hence `child`); never returns.
+    fn exec<const A: usize, const E: usize>(
+        &self,
+        child: &sys::Child,
+        argv: &CStrArray<'_, A>,
+        envp: &CStrArray<'_, E>,
+    ) -> ! {
         // Dispositions first, mask last: a signal unblocked early must not
         // meet a handler-less "ignore" inherited from the init's parent.
-        sys::reset_signal_dispositions();
+        child.reset_signal_dispositions();
         let _ = rustix::process::setsid();
         // stdout and stderr first, so every failure below lands in the
         // job's stderr, where the host sees it.
-        if sys::dup2(self.stdout, 1).is_err() || sys::dup2(self.stderr, 2).is_err() {
+        if child.dup2(self.stdout, 1).is_err() || child.dup2(self.stderr, 2).is_err() {
             sys::exit(126);
         }
         let code = if self.code.as_raw_fd() == CODE_FD {
             // dup2 onto itself would keep close-on-exec set.
             rustix::io::fcntl_setfd(self.code, FdFlags::empty())
         } else {
-            sys::dup2(self.code, CODE_FD)
+            child.dup2(self.code, CODE_FD)
         };
         check(code, "cannot pass the code on descriptor 3");
         let null = rustix::fs::open(c"/dev/null", OFlags::RDONLY, Mode::empty());
-        check(null.and_then(|fd| sys::dup2(fd.as_fd(), 0)), "cannot open /dev/null");
-        sys::close_from(CODE_FD + 1);
+        check(null.and_then(|fd| child.dup2(fd.as_fd(), 0)), "cannot open /dev/null");
+        child.close_from(CODE_FD + 1);
 
         // The init is exempt from the OOM killer (-1000), and children
         // inherit that: a job must be the first thing OOM takes, not a
@@ -138,8 +153,8 @@ impl Child<'_> {
             crate::log!("cannot change to directory {}: {}", Path(self.cwd), describe(e));
             sys::exit(126);
         }
-        check(sys::set_signal_mask(sys::SigSet::default()), "cannot unblock signals");
-        let err = sys::execve(self.interpreter, argv, envp);
+        check(sys::set_signal_mask(SigSet::EMPTY), "cannot unblock signals");
+        let err = child.execve(self.interpreter, argv, envp);
         crate::log!("cannot execute {}: {}", Path(self.interpreter), describe(err));
         // The shell's convention: 127 for a program that is not there, 126
         // for one that is there but cannot run.
@@ -152,22 +167,5 @@ fn check<T>(result: rustix::io::Result<T>, what: &str) {
     if let Err(e) = result {
         crate::log!("{what}: {}", describe(e));
         sys::exit(126);
-    }
-}
-
-/// A short description of the errors a job's setup can meet.
-pub fn describe(e: Errno) -> &'static str {
-    match e {
-        Errno::NOENT => "no such file or directory",
-        Errno::ACCESS => "permission denied",
-        Errno::NOTDIR => "not a directory",
-        Errno::NOEXEC => "not an executable format",
-        Errno::PERM => "operation not permitted",
-        Errno::AGAIN => "resource temporarily unavailable",
-        Errno::NOMEM => "out of memory",
-        Errno::MFILE | Errno::NFILE => "too many open files",
-        Errno::ISDIR => "is a directory",
-        Errno::TOOBIG => "argument list too long",
-        _ => "system error",
     }
 }

@@ -1,0 +1,464 @@
+//! A job's whole life, from its `Run` header to its `Exited` event, in the
+//! fixed table of slots [`Jobs`]: open (header checked, slot taken), load
+//! (code chunks into a memfd), start (fork, pipes and timer watched), watch
+//! (output forwarded, timer, leader reaped) and end (group killed, pipes
+//! drained, `Exited` sent, slot freed). The loop calls in with what happened;
+//! the parts live in `check` (what a job must pass), `env` (its environment
+//! block), `machine` (when it is over) and `spawn` (the forked child).
+
+// A refusal may carry text formatted into a fixed buffer (no allocator);
+// returning it by value is the price, paid only on the error path.
+#![allow(clippy::result_large_err)]
+
+pub mod check;
+pub mod env;
+pub mod machine;
+mod spawn;
+
+use core::mem;
+
+use proto::{ErrorKind, Event, Exit, Exited, Lang, MAX_CHUNK, MAX_FRAME, Run, Stream};
+use rustix::fd::{AsFd, BorrowedFd, OwnedFd};
+use rustix::fs::{FileType, MemfdFlags};
+use rustix::io::Errno;
+use rustix::process::Pid;
+use rustix::time::{Itimerspec, TimerfdClockId, TimerfdFlags, TimerfdTimerFlags, Timespec};
+
+use self::check::{CodeCheck, Refusal, refuse};
+use self::env::EnvBlock;
+use self::machine::{Machine, STREAMS, Sink, Step, Streams};
+use crate::config::JobConfig;
+use crate::error::{Os, describe};
+use crate::log;
+use crate::poll::{Poll, Token};
+use crate::port::Tx;
+use crate::storage::TakeOnce;
+use crate::sys::{self, Signal};
+
+/// Jobs loading or running at once. A code-execution VM serves one caller;
+/// 16 leaves room for a notebook's parallel cells, and every slot costs only
+/// its environment block until used.
+pub const MAX_JOBS: usize = 16;
+
+/// Reads of a pipe at a job's end, after its group is killed: a full pipe
+/// (64 KiB) is two reads of `MAX_CHUNK`; four leave margin.
+const FINAL_READS: usize = 4;
+
+/// A request the job table turned down, as the host will read it.
+pub struct Refused {
+    pub kind: ErrorKind,
+    pub why: Why,
+}
+
+/// The text of a refusal.
+pub enum Why {
+    Text(&'static str),
+    /// Formatted, naming the field at fault.
+    Field(Refusal),
+}
+
+impl Why {
+    pub fn as_str(&self) -> &str {
+        match self {
+            Why::Text(text) => text,
+            Why::Field(text) => text,
+        }
+    }
+}
+
+impl Refused {
+    const fn new(kind: ErrorKind, text: &'static str) -> Self {
+        Self { kind, why: Why::Text(text) }
+    }
+
+    fn invalid(field: Refusal) -> Self {
+        Self { kind: ErrorKind::InvalidJob, why: Why::Field(field) }
+    }
+}
+
+/// A job whose code is still arriving.
+pub struct Loading {
+    pub id: u32,
+    lang: Lang,
+    /// The code so far, in a memfd the interpreter will read.
+    code: OwnedFd,
+    code_len: u32,
+    check: CodeCheck,
+    timeout_ms: u32,
+    limits: Streams<u32>,
+}
+
+/// A job whose interpreter was forked.
+pub struct Running {
+    pub id: u32,
+    /// The leader, which is also the process group id.
+    pid: Pid,
+    /// The read ends; `None` once at end of file.
+    pipes: Streams<Option<OwnedFd>>,
+    timer: OwnedFd,
+    machine: Machine,
+    sinks: Streams<Sink>,
+    started_ns: u64,
+}
+
+impl Running {
+    /// Sends `signal` to the job's process group. Right after fork the child
+    /// may not have called setsid yet, so no group has the leader's id
+    /// (ESRCH): the leader is then the whole job, and gets the signal alone
+    /// (held pending by its inherited mask until just before exec). Once the
+    /// leader is reaped its pid may be reused, so it is never signalled alone.
+    fn signal(&self, signal: Signal) -> rustix::io::Result<()> {
+        match sys::kill_group(self.pid, signal) {
+            Err(Errno::SRCH) if self.machine.leader.is_none() => sys::kill_process(self.pid, signal),
+            result => result,
+        }
+    }
+
+    /// Sends what the job wrote on `stream`, up to its output limit; the
+    /// rest is dropped and the stream flagged truncated.
+    fn forward(&mut self, tx: &mut Tx, stream: Stream, data: &[u8]) {
+        let take = self.sinks[stream].admit(data.len());
+        if take > 0 {
+            tx.send(&Event::Output { job: self.id, stream, data: &data[..take] });
+        }
+    }
+}
+
+pub enum JobState {
+    Free,
+    Loading(Loading),
+    Running(Running),
+}
+
+impl JobState {
+    fn id(&self) -> Option<u32> {
+        match self {
+            JobState::Free => None,
+            JobState::Loading(l) => Some(l.id),
+            JobState::Running(r) => Some(r.id),
+        }
+    }
+}
+
+/// The table's big memory: an environment block of 16 KiB per slot and a
+/// pipe buffer, all zeros, so in `.bss` for the life of the init.
+struct Memory {
+    envs: [EnvBlock; MAX_JOBS],
+    output: [u8; MAX_CHUNK],
+}
+
+static MEMORY: TakeOnce<Memory> =
+    TakeOnce::new(Memory { envs: [const { EnvBlock::new() }; MAX_JOBS], output: [0; MAX_CHUNK] });
+
+/// Every job the init knows about, in fixed slots: slot `i` is `states[i]`
+/// with the environment block `envs[i]`.
+pub struct Jobs {
+    states: [JobState; MAX_JOBS],
+    envs: &'static mut [EnvBlock; MAX_JOBS],
+    /// Output on its way from a pipe to the port.
+    output: &'static mut [u8; MAX_CHUNK],
+    config: JobConfig,
+    /// The init is PID 1 (of the VM or of a namespace): when no job runs,
+    /// every other process is a finished job's leftover.
+    owns_all: bool,
+    /// Pipe reads are off until the host catches up.
+    paused: bool,
+    /// Jobs started since boot.
+    pub started: u32,
+}
+
+impl Jobs {
+    /// The table; `None` if it was made already (its memory is static).
+    pub fn new(config: JobConfig, owns_all: bool) -> Option<Jobs> {
+        let Memory { envs, output } = MEMORY.take()?;
+        let states = [const { JobState::Free }; MAX_JOBS];
+        Some(Jobs { states, envs, output, config, owns_all, paused: false, started: 0 })
+    }
+
+    /// Jobs loading or running.
+    pub fn active(&self) -> u32 {
+        // At most MAX_JOBS.
+        u32::try_from(self.states.iter().filter(|s| !matches!(s, JobState::Free)).count()).unwrap_or(0)
+    }
+
+    fn find(&self, id: u32) -> Option<usize> {
+        self.states.iter().position(|s| s.id() == Some(id))
+    }
+
+    fn running(&mut self, i: usize) -> Option<&mut Running> {
+        match self.states.get_mut(i)? {
+            JobState::Running(job) => Some(job),
+            _ => None,
+        }
+    }
+
+    /// `Run`: checks the header and takes a slot for the code to come.
+    pub fn open(&mut self, run: &Run<'_>) -> Result<(), Refused> {
+        if self.find(run.job).is_some() {
+            return Err(Refused::new(ErrorKind::DuplicateJob, "a job with this id is loading or running"));
+        }
+        check::check_run(run).map_err(Refused::invalid)?;
+        let Some(i) = self.states.iter().position(|s| matches!(s, JobState::Free)) else {
+            return Err(Refused::new(ErrorKind::Busy, "all job slots are in use"));
+        };
+        let invalid = |why| Refused::new(ErrorKind::InvalidJob, why);
+        let env = &mut self.envs[i];
+        env.fill(run, self.config.home.to_bytes()).map_err(Refused::invalid)?;
+        if let Some(cwd) = env.cwd() {
+            match rustix::fs::stat(cwd) {
+                Ok(st) if FileType::from_raw_mode(st.st_mode) == FileType::Directory => {}
+                Ok(_) => return Err(invalid("cwd: not a directory")),
+                Err(_) => return Err(invalid("cwd: no such directory")),
+            }
+        }
+        let code = rustix::fs::memfd_create(c"job", MemfdFlags::CLOEXEC)
+            .map_err(|e| Refused::new(ErrorKind::Spawn, describe(e)))?;
+        self.states[i] = JobState::Loading(Loading {
+            id: run.job,
+            lang: run.lang,
+            code,
+            code_len: run.code_len,
+            check: CodeCheck::default(),
+            timeout_ms: run.timeout_ms,
+            limits: Streams([run.stdout_limit, run.stderr_limit]),
+        });
+        Ok(())
+    }
+
+    /// `Code`: appends a chunk to a loading job's code; once the code is
+    /// complete and passed its checks, starts the job and returns its
+    /// leader's pid.
+    pub fn load(&mut self, id: u32, data: &[u8], poll: &Poll) -> Result<Option<Pid>, Refused> {
+        let Some(i) = self.find(id) else {
+            return Err(Refused::new(ErrorKind::UnknownJob, "no job with this id"));
+        };
+        let state = &mut self.states[i];
+        let JobState::Loading(job) = state else {
+            return Err(Refused::new(ErrorKind::InvalidJob, "code: the job already has all its code"));
+        };
+        let refused = if u64::from(job.check.seen) + data.len() as u64 > u64::from(job.code_len) {
+            Some(Refused::new(ErrorKind::InvalidJob, "code: more bytes than code_len"))
+        } else if let Err(e) = write_all(job.code.as_fd(), data) {
+            Some(Refused::new(ErrorKind::Spawn, describe(e)))
+        } else {
+            job.check.feed(data);
+            None
+        };
+        if let Some(refused) = refused {
+            *state = JobState::Free;
+            return Err(refused);
+        }
+        if job.check.seen < job.code_len {
+            return Ok(None);
+        }
+        if let Err(message) = job.check.verdict() {
+            *state = JobState::Free;
+            return Err(Refused::invalid(message));
+        }
+        self.start(i, poll).map(Some)
+    }
+
+    /// Forks the job loaded in slot `i` and watches its pipes and timer.
+    fn start(&mut self, i: usize, poll: &Poll) -> Result<Pid, Refused> {
+        let JobState::Loading(job) = mem::replace(&mut self.states[i], JobState::Free) else {
+            return Err(Refused::new(ErrorKind::UnknownJob, "no job with this id"));
+        };
+        let timer = rustix::time::timerfd_create(
+            TimerfdClockId::Monotonic,
+            TimerfdFlags::NONBLOCK | TimerfdFlags::CLOEXEC,
+        )
+        .map_err(|e| Refused::new(ErrorKind::Spawn, describe(e)))?;
+        let started_ns = sys::boottime_ns();
+        let spawned =
+            spawn::spawn(&self.config, job.lang, job.code.as_fd(), &self.envs[i]).map_err(|(what, e)| {
+                let text = refuse(format_args!("cannot start the job: {what}: {}", describe(e)));
+                Refused { kind: ErrorKind::Spawn, why: Why::Field(text) }
+            })?;
+        // The code memfd is dropped here: the child holds its own copy.
+        let [stdout, stderr] = spawned.pipes;
+        for (stream, pipe) in STREAMS.into_iter().zip([&stdout, &stderr]) {
+            let _ = poll.add(pipe, Token::Pipe(i, stream), !self.paused);
+        }
+        let _ = poll.add(&timer, Token::Timer(i), true);
+        if job.timeout_ms > 0 {
+            arm(&timer, job.timeout_ms);
+        }
+        self.states[i] = JobState::Running(Running {
+            id: job.id,
+            pid: spawned.pid,
+            pipes: Streams([Some(stdout), Some(stderr)]),
+            timer,
+            machine: Machine::new(),
+            sinks: Streams([Sink::new(job.limits[Stream::Stdout]), Sink::new(job.limits[Stream::Stderr])]),
+            started_ns,
+        });
+        self.started += 1;
+        Ok(spawned.pid)
+    }
+
+    /// `Signal`: to a running job's process group; a job still loading is
+    /// cancelled (nothing ran).
+    pub fn signal(&mut self, id: u32, signal: u8) -> Result<(), Refused> {
+        let Some(i) = self.find(id) else {
+            return Err(Refused::new(ErrorKind::UnknownJob, "no job with this id"));
+        };
+        let not_a_signal = || Refused::new(ErrorKind::InvalidJob, "signal: not a signal number");
+        match &self.states[i] {
+            JobState::Running(job) => {
+                let signal = Signal::new(u32::from(signal)).ok_or_else(not_a_signal)?;
+                job.signal(signal).map_err(|_| not_a_signal())
+            }
+            _ => {
+                self.states[i] = JobState::Free;
+                Err(Refused::new(ErrorKind::InvalidJob, "signal: the job was cancelled before it started"))
+            }
+        }
+    }
+
+    /// A job's pipe is readable (or at end of file).
+    pub fn on_pipe(&mut self, i: usize, stream: Stream, tx: &mut Tx) {
+        if tx.room() < MAX_FRAME {
+            // The queue is full; the loop pauses pipe reads.
+            return;
+        }
+        let output = &mut self.output[..];
+        let Some(JobState::Running(job)) = self.states.get_mut(i) else { return };
+        let Some(pipe) = &job.pipes[stream] else { return };
+        match rustix::io::read(pipe, &mut *output) {
+            Ok(0) | Err(Errno::IO | Errno::BADF) => {
+                job.pipes[stream] = None;
+                let step = job.machine.pipe_closed(stream);
+                self.apply(i, step, tx);
+            }
+            Ok(n) => job.forward(tx, stream, &output[..n]),
+            Err(_) => {}
+        }
+    }
+
+    /// A job's timer fired.
+    pub fn on_timer(&mut self, i: usize, tx: &mut Tx) {
+        let Some(job) = self.running(i) else { return };
+        let mut ticks = [0u8; 8];
+        // A stale event (the job ended earlier in this round) reads nothing.
+        if rustix::io::read(&job.timer, &mut ticks) != Ok(8) {
+            return;
+        }
+        let step = job.machine.timer_fired();
+        self.apply(i, step, tx);
+    }
+
+    /// A process was reaped: if it was a job's leader (not reaped before),
+    /// that job learns its exit. False for every other process.
+    pub fn on_reaped(&mut self, pid: Pid, exit: Exit, tx: &mut Tx) -> bool {
+        let leader = self
+            .states
+            .iter()
+            .position(|s| matches!(s, JobState::Running(r) if r.pid == pid && r.machine.leader.is_none()));
+        let Some(i) = leader else { return false };
+        if let Some(job) = self.running(i) {
+            let step = job.machine.leader_exited(exit);
+            self.apply(i, step, tx);
+        }
+        true
+    }
+
+    /// Turns reading of every job's pipes off while the send queue is full,
+    /// and back on.
+    pub fn pause_output(&mut self, poll: &Poll, pause: bool) {
+        if pause == self.paused {
+            return;
+        }
+        self.paused = pause;
+        for (i, state) in self.states.iter().enumerate() {
+            let JobState::Running(job) = state else { continue };
+            for stream in STREAMS {
+                if let Some(pipe) = &job.pipes[stream] {
+                    let _ = poll.set(pipe, Token::Pipe(i, stream), !pause);
+                }
+            }
+        }
+    }
+
+    pub fn paused(&self) -> bool {
+        self.paused
+    }
+
+    /// SIGKILL to every running job's group (the init is going away).
+    pub fn kill_all(&self) {
+        for state in &self.states {
+            if let JobState::Running(job) = state {
+                let _ = job.signal(Signal::KILL);
+            }
+        }
+    }
+
+    /// Carries out what a job's machine decided.
+    fn apply(&mut self, i: usize, step: Step, tx: &mut Tx) {
+        let Some(job) = self.running(i) else { return };
+        if let Some(signal) = step.signal {
+            let _ = job.signal(signal);
+        }
+        if let Some(ms) = step.arm_ms {
+            arm(&job.timer, ms);
+        }
+        if step.finish {
+            self.finish(i, tx);
+        }
+    }
+
+    /// Ends a job: its group killed, what is left in its pipes forwarded,
+    /// `Exited` sent, the slot freed (closing its descriptors, which also
+    /// takes them out of the epoll set).
+    fn finish(&mut self, i: usize, tx: &mut Tx) {
+        let Some(state) = self.states.get_mut(i) else { return };
+        let JobState::Running(mut job) = mem::replace(state, JobState::Free) else { return };
+        let _ = job.signal(Signal::KILL);
+        let others_running = self.states.iter().any(|s| matches!(s, JobState::Running(_)));
+        if self.owns_all && !others_running {
+            // A process that left the job's group (setsid, a daemon) would
+            // outlive it. With no other job running, every process but the
+            // init belongs to a finished job: end them all, so nothing leaks
+            // into the next job. They are reaped as orphans.
+            sys::kill_all();
+        }
+        for stream in STREAMS {
+            let Some(pipe) = job.pipes[stream].take() else { continue };
+            for _ in 0..FINAL_READS {
+                let Ok(n @ 1..) = rustix::io::read(&pipe, &mut self.output[..]) else { break };
+                job.forward(tx, stream, &self.output[..n]);
+            }
+        }
+        let exited = Exited {
+            job: job.id,
+            // Only a drain-grace end comes here without a reaped leader.
+            exit: job.machine.leader.unwrap_or(Exit::Signal(Signal::KILL.number())),
+            timed_out: job.machine.timed_out,
+            stdout_truncated: job.sinks[Stream::Stdout].truncated,
+            stderr_truncated: job.sinks[Stream::Stderr].truncated,
+            duration_us: sys::boottime_ns().saturating_sub(job.started_ns) / 1000,
+        };
+        tx.send(&Event::Exited(exited));
+    }
+}
+
+/// Arms a one-shot timer `ms` from now.
+fn arm(timer: &OwnedFd, ms: u32) {
+    let value = Itimerspec {
+        it_interval: Timespec { tv_sec: 0, tv_nsec: 0 },
+        it_value: Timespec { tv_sec: i64::from(ms / 1000), tv_nsec: i64::from(ms % 1000) * 1_000_000 },
+    };
+    if let Err(e) = rustix::time::timerfd_settime(timer, TimerfdTimerFlags::empty(), &value) {
+        log!("timerfd_settime failed: {}", Os(e));
+    }
+}
+
+fn write_all(fd: BorrowedFd<'_>, mut data: &[u8]) -> rustix::io::Result<()> {
+    while !data.is_empty() {
+        match rustix::io::write(fd, data) {
+            Ok(n) => data = &data[n..],
+            Err(Errno::INTR) => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,118 @@
+//! The loop's epoll set: what each registered descriptor is ([`Token`]), and
+//! turning interest in it on and off.
+
+use core::mem::MaybeUninit;
+
+use proto::Stream;
+use rustix::event::epoll;
+use rustix::fd::{AsFd, OwnedFd};
+
+/// What a ready descriptor is, carried in its epoll data.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Token {
+    /// The agent port has bytes from the host.
+    PortRx,
+    /// The agent port takes bytes again.
+    PortTx,
+    /// The signalfd has signals.
+    Signals,
+    /// A job's stdout or stderr pipe has output (or hit end of file); the
+    /// job is the one in that slot of the job table.
+    Pipe(usize, Stream),
+    /// A job's timer expired.
+    Timer(usize),
+}
+
+impl Token {
+    /// The job kinds carry their slot in the bits above the kind.
+    fn encode(self) -> u64 {
+        let (kind, slot) = match self {
+            Token::PortRx => (0, 0),
+            Token::PortTx => (1, 0),
+            Token::Signals => (2, 0),
+            Token::Pipe(slot, Stream::Stdout) => (3, slot),
+            Token::Pipe(slot, Stream::Stderr) => (4, slot),
+            Token::Timer(slot) => (5, slot),
+        };
+        kind | (slot as u64) << 8
+    }
+
+    /// The token in `data`, if it names one of `slots` job slots.
+    fn decode(data: u64, slots: usize) -> Option<Token> {
+        let slot = usize::try_from(data >> 8).ok().filter(|&slot| slot < slots)?;
+        Some(match data & 0xff {
+            0 => Token::PortRx,
+            1 => Token::PortTx,
+            2 => Token::Signals,
+            3 => Token::Pipe(slot, Stream::Stdout),
+            4 => Token::Pipe(slot, Stream::Stderr),
+            5 => Token::Timer(slot),
+            _ => return None,
+        })
+    }
+
+    /// What epoll watches the descriptor for while interest is on.
+    fn interest(self) -> epoll::EventFlags {
+        match self {
+            Token::PortTx => epoll::EventFlags::OUT,
+            _ => epoll::EventFlags::IN,
+        }
+    }
+}
+
+/// The epoll set.
+pub struct Poll(OwnedFd);
+
+impl Poll {
+    pub fn new() -> rustix::io::Result<Poll> {
+        epoll::create(epoll::CreateFlags::CLOEXEC).map(Poll)
+    }
+
+    /// Adds `fd` as `token`, watched when `on`. Closing `fd` takes it out.
+    pub fn add(&self, fd: impl AsFd, token: Token, on: bool) -> rustix::io::Result<()> {
+        epoll::add(&self.0, fd, epoll::EventData::new_u64(token.encode()), Self::flags(token, on))
+    }
+
+    /// Turns interest in `fd` on or off.
+    pub fn set(&self, fd: impl AsFd, token: Token, on: bool) -> rustix::io::Result<()> {
+        epoll::modify(&self.0, fd, epoll::EventData::new_u64(token.encode()), Self::flags(token, on))
+    }
+
+    fn flags(token: Token, on: bool) -> epoll::EventFlags {
+        if on { token.interest() } else { epoll::EventFlags::empty() }
+    }
+
+    /// `epoll_wait` with no timeout: the tokens of what is ready. Job tokens
+    /// name one of `slots` slots (which also spares their users a bounds
+    /// check).
+    pub fn wait<'e, const N: usize>(
+        &self,
+        events: &'e mut [MaybeUninit<epoll::Event>; N],
+        slots: usize,
+    ) -> rustix::io::Result<impl Iterator<Item = Token> + 'e> {
+        let (ready, _) = epoll::wait(&self.0, events, None)?;
+        Ok(ready.iter().filter_map(move |event| Token::decode(event.data.u64(), slots)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tokens_round_trip() {
+        let last = 15;
+        for token in [
+            Token::PortRx,
+            Token::PortTx,
+            Token::Signals,
+            Token::Pipe(0, Stream::Stdout),
+            Token::Pipe(last, Stream::Stderr),
+            Token::Timer(last),
+        ] {
+            assert_eq!(Token::decode(token.encode(), 16), Some(token));
+        }
+        assert_eq!(Token::decode(6, 16), None);
+        assert_eq!(Token::decode(Token::Timer(16).encode(), 16), None);
+    }
+}
