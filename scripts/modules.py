@@ -12,7 +12,7 @@ import re
 import sys
 from pathlib import Path
 
-PATH = re.compile(r"\b(crate|super|self)::((?:\{[^}]*\})|[a-z_][a-z0-9_]*)")
+PATH = re.compile(r"\b(crate|super|self)::((?:[a-z_][a-z0-9_]*::)*(?:\{[^}]*\}|[a-z_][a-z0-9_]*))")
 
 
 def module_name(src: Path, file: Path) -> str:
@@ -28,13 +28,22 @@ def main() -> int:
     edges: dict[str, set[str]] = {m: set() for m in files}
     for module, file in files.items():
         parent = module.rsplit("::", 1)[0] if "::" in module else ""
-        # Comments name modules too (in prose); only code counts.
-        code = "\n".join(line.split("//")[0] for line in file.read_text().splitlines())
-        for base, names in PATH.findall(code):
+        # Comments name modules too (in prose); only code counts. Unit tests
+        # (the `mod tests` that ends a file) are left out: the graph is the
+        # init's, and their `super` is the file itself.
+        text = re.split(r"^#\[cfg\(test\)\]\s*\n\s*mod tests\b", file.read_text(), maxsplit=1, flags=re.M)[0]
+        code = "\n".join(line.split("//")[0] for line in text.splitlines())
+        for base, path in PATH.findall(code):
             prefix = {"crate": "", "super": parent, "self": module}[base]
-            for name in re.findall(r"[a-z_][a-z0-9_]*", names):
-                target = f"{prefix}::{name}" if prefix else name
-                if target in files and target != module:
+            head, _, group = path.partition("{")
+            # `a::b::{c, d}` names a::b::c and a::b::d; each resolves to the
+            # longest prefix that is a module.
+            for tail in re.findall(r"[a-z_][a-z0-9_]*", group) or [""]:
+                parts = [p for p in (prefix + "::" + head + tail).split("::") if p]
+                while parts and "::".join(parts) not in files:
+                    parts.pop()
+                target = "::".join(parts)
+                if target and target != module:
                     edges[module].add(target)
         # A parent names its children by `mod child;`.
         for child in re.findall(r"^\s*(?:pub\s+)?mod\s+([a-z_][a-z0-9_]*)\s*;", code, re.M):

@@ -4,13 +4,44 @@
 
 use std::path::PathBuf;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
-#[serde(rename_all = "lowercase")]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Accel {
     /// KVM if a probe boot showed it works here, else TCG.
     Auto,
     Kvm,
     Tcg,
+}
+
+impl Accel {
+    /// Every accelerator choice, as the CLI spells them.
+    pub const NAMES: [&'static str; 3] = ["auto", "kvm", "tcg"];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Accel::Auto => "auto",
+            Accel::Kvm => "kvm",
+            Accel::Tcg => "tcg",
+        }
+    }
+}
+
+impl std::fmt::Display for Accel {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl std::str::FromStr for Accel {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, String> {
+        match text {
+            "auto" => Ok(Accel::Auto),
+            "kvm" => Ok(Accel::Kvm),
+            "tcg" => Ok(Accel::Tcg),
+            _ => Err(format!("`{text}` is not an accelerator (auto, kvm or tcg)")),
+        }
+    }
 }
 
 /// /dev/kvm exists and this user may open it.
@@ -27,18 +58,17 @@ fn verdict_file() -> Option<PathBuf> {
 
 /// The verdict of an earlier probe on this machine.
 pub fn remembered() -> Option<Accel> {
-    match std::fs::read_to_string(verdict_file()?).ok()?.trim() {
-        "kvm" => Some(Accel::Kvm),
-        "tcg" => Some(Accel::Tcg),
+    match std::fs::read_to_string(verdict_file()?).ok()?.trim().parse() {
+        Ok(accel @ (Accel::Kvm | Accel::Tcg)) => Some(accel),
         _ => None,
     }
 }
 
 pub fn remember(accel: Accel) {
     let Some(path) = verdict_file() else { return };
-    let name = if accel == Accel::Kvm { "kvm" } else { "tcg" };
+    let verdict = if accel == Accel::Kvm { Accel::Kvm } else { Accel::Tcg };
     if let Some(dir) = path.parent() {
         let _ = std::fs::create_dir_all(dir);
     }
-    let _ = std::fs::write(path, name);
+    let _ = std::fs::write(path, verdict.name());
 }

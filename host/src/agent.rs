@@ -8,7 +8,9 @@ use std::time::Duration;
 
 use proto::{Env, ErrorKind, Event, Exit, Exited, Frame, FrameReader, Lang, Request, Run, Stats, Stream};
 
-use crate::error::{Error, Result};
+use crate::error::AgentError;
+
+type Result<T> = std::result::Result<T, AgentError>;
 
 /// One job, as a caller describes it.
 #[derive(Debug, Clone)]
@@ -122,7 +124,7 @@ impl Agent {
 
     /// How long any one read may wait; `None` waits forever.
     pub fn set_timeout(&mut self, timeout: Option<Duration>) -> Result<()> {
-        self.stream.set_read_timeout(timeout)?;
+        self.stream.set_read_timeout(timeout).map_err(AgentError::SetTimeout)?;
         self.timeout = timeout;
         Ok(())
     }
@@ -132,7 +134,7 @@ impl Agent {
         loop {
             if let GuestEvent::Ready { version, start_ns, ready_ns } = self.next_event()? {
                 if version != proto::VERSION {
-                    return Err(Error::Version { guest: version, host: proto::VERSION });
+                    return Err(AgentError::Version { guest: version, host: proto::VERSION });
                 }
                 return Ok((start_ns, ready_ns));
             }
@@ -141,12 +143,12 @@ impl Agent {
 
     /// Sends raw bytes (tests of malformed input).
     pub fn send_raw(&mut self, bytes: &[u8]) -> Result<()> {
-        self.stream.write_all(bytes)?;
+        self.stream.write_all(bytes).map_err(AgentError::Send)?;
         Ok(())
     }
 
     pub fn send(&mut self, request: &Request<'_>) -> Result<()> {
-        let frame = postcard::to_stdvec_cobs(request).map_err(|e| Error::Protocol(e.to_string()))?;
+        let frame = postcard::to_stdvec_cobs(request).map_err(AgentError::Encode)?;
         self.send_raw(&frame)
     }
 
@@ -163,12 +165,17 @@ impl Agent {
     pub fn submit_as(&mut self, id: u32, job: &Job) -> Result<()> {
         let mut env = heapless::Vec::new();
         for (name, value) in &job.env {
-            env.push(Env { name, value })
-                .map_err(|_| Error::InvalidJob(format!("env: more than {} variables", proto::MAX_ENV)))?;
+            env.push(Env { name, value }).map_err(|_| {
+                AgentError::InvalidJob(format!("env: more than {} variables", proto::MAX_ENV))
+            })?;
         }
         let code_len =
             u32::try_from(job.code.len()).ok().filter(|&n| n <= proto::MAX_CODE).ok_or_else(|| {
-                Error::InvalidJob(format!("code: {} bytes, more than {}", job.code.len(), proto::MAX_CODE))
+                AgentError::InvalidJob(format!(
+                    "code: {} bytes, more than {}",
+                    job.code.len(),
+                    proto::MAX_CODE
+                ))
             })?;
         let timeout_ms = job.timeout.map_or(0, |t| u32::try_from(t.as_millis()).unwrap_or(u32::MAX).max(1));
         let run = Run {
@@ -181,11 +188,10 @@ impl Agent {
             stdout_limit: job.stdout_limit,
             stderr_limit: job.stderr_limit,
         };
-        let mut frames =
-            postcard::to_stdvec_cobs(&Request::Run(run)).map_err(|e| Error::Protocol(e.to_string()))?;
+        let mut frames = postcard::to_stdvec_cobs(&Request::Run(run)).map_err(AgentError::Encode)?;
         for chunk in job.code.chunks(proto::MAX_CHUNK) {
             let code = Request::Code { job: id, data: chunk };
-            frames.extend(postcard::to_stdvec_cobs(&code).map_err(|e| Error::Protocol(e.to_string()))?);
+            frames.extend(postcard::to_stdvec_cobs(&code).map_err(AgentError::Encode)?);
         }
         self.send_raw(&frames)
     }
@@ -223,7 +229,7 @@ impl Agent {
                         duration: Duration::from_micros(e.duration_us),
                     });
                 }
-                GuestEvent::Error { kind, message, .. } => return Err(Error::Refused { kind, message }),
+                GuestEvent::Error { kind, message, .. } => return Err(AgentError::Refused { kind, message }),
                 _ => {}
             }
         }
@@ -278,12 +284,10 @@ impl Agent {
                 let (used, frame) = self.reader.push(front);
                 let event = match frame {
                     Some(Frame::Message(bytes)) => Some(
-                        proto::decode::<Event<'_>>(bytes)
-                            .map(GuestEvent::from)
-                            .map_err(|e| Error::Protocol(e.to_string())),
+                        proto::decode::<Event<'_>>(bytes).map(GuestEvent::from).map_err(AgentError::Decode),
                     ),
-                    Some(Frame::Oversize) => Some(Err(Error::Protocol("oversize frame".into()))),
-                    Some(Frame::Corrupt) => Some(Err(Error::Protocol("corrupt frame".into()))),
+                    Some(Frame::Oversize) => Some(Err(AgentError::OversizeFrame)),
+                    Some(Frame::Corrupt) => Some(Err(AgentError::CorruptFrame)),
                     None => None,
                 };
                 self.unread.drain(..used);
@@ -292,13 +296,13 @@ impl Agent {
                 }
             }
             let n = match self.stream.read(&mut self.buf) {
-                Ok(0) => return Err(Error::Closed),
+                Ok(0) => return Err(AgentError::Closed),
                 Ok(n) => n,
                 Err(e) if matches!(e.kind(), IoKind::WouldBlock | IoKind::TimedOut) => {
-                    return Err(Error::Timeout(self.timeout.map_or(0, |t| t.as_secs())));
+                    return Err(AgentError::Timeout(self.timeout.unwrap_or_default()));
                 }
                 Err(e) if e.kind() == IoKind::Interrupted => continue,
-                Err(e) => return Err(e.into()),
+                Err(e) => return Err(AgentError::Read(e)),
             };
             self.unread.extend(&self.buf[..n]);
         }

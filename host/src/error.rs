@@ -1,43 +1,90 @@
-//! One error type for the host side, one variant per step that can fail.
+//! The host side's errors: one enum per component, one variant per step
+//! that can fail, each carrying its cause. [`StartError`] is bringing a VM
+//! up, [`AgentError`] is talking to its init; [`Error`] is either, for a
+//! caller that does both with `?`.
 
 use std::path::PathBuf;
+use std::process::ExitStatus;
+use std::time::Duration;
 
 use proto::ErrorKind;
 
+/// Bringing a VM up, from checking its inputs to the init's `Ready`.
 #[derive(Debug, thiserror::Error)]
-pub enum Error {
+pub enum StartError {
     #[error(
-        "QEMU is not installed ({0} not found); install it with `apt-get install qemu-system-x86` or `just setup`"
+        "QEMU is not installed ({} not found); install it with `apt-get install qemu-system-x86` or `just setup`",
+        .0.display()
     )]
-    NoQemu(String),
-    #[error("no guest kernel at {0}; build it with `just kernel`")]
+    NoQemu(PathBuf),
+    #[error("no guest kernel at {}; build it with `just kernel`", .0.display())]
     NoKernel(PathBuf),
-    #[error("no guest root filesystem at {0}; build it with `just rootfs`")]
+    #[error("no guest root filesystem at {}; build it with `just rootfs`", .0.display())]
     NoRootfs(PathBuf),
-    #[error("failed to prepare the VM's directory: {0}")]
+    #[error("cannot create the VM's temporary directory")]
     TempDir(#[source] std::io::Error),
-    #[error("failed to start QEMU: {0}")]
+    #[error("cannot listen on the agent socket {}", path.display())]
+    Listen {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot create QEMU's log file {}", path.display())]
+    QemuLog {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("failed to start QEMU")]
     Spawn(#[source] std::io::Error),
+    #[error("failed to accept QEMU's connection to the agent socket")]
+    Accept(#[source] std::io::Error),
     #[error("QEMU exited before the guest was ready ({status}); console:\n{console}")]
-    QemuExited { status: String, console: String },
+    QemuExited { status: ExitStatus, console: String },
     #[error("the guest kernel panicked during boot; console:\n{console}")]
     Panic { console: String },
-    #[error("the guest was not ready within {secs} s; console:\n{console}")]
-    NotReady { secs: u64, console: String },
-    #[error("the guest speaks protocol version {guest}, this host speaks {host}")]
-    Version { guest: u16, host: u16 },
-    #[error("agent connection failed: {0}")]
-    Io(#[from] std::io::Error),
+    #[error("the guest was not ready within {} s; console:\n{console}", .timeout.as_secs())]
+    NotReady { timeout: Duration, console: String },
+    #[error("waiting for the guest's Ready")]
+    Agent(#[from] AgentError),
+}
+
+/// Talking to an init over the wire.
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    #[error("cannot set the agent connection's read timeout")]
+    SetTimeout(#[source] std::io::Error),
+    #[error("failed to send to the guest")]
+    Send(#[source] std::io::Error),
+    #[error("failed to read from the guest")]
+    Read(#[source] std::io::Error),
     #[error("the guest closed the agent connection")]
     Closed,
-    #[error("no answer from the guest within {0} s")]
-    Timeout(u64),
-    #[error("malformed frame from the guest: {0}")]
-    Protocol(String),
+    #[error("no answer from the guest within {} s", .0.as_secs_f64())]
+    Timeout(Duration),
+    #[error("cannot encode a request")]
+    Encode(#[source] postcard::Error),
+    #[error("the guest sent a frame that does not decode as an event")]
+    Decode(#[source] postcard::Error),
+    #[error("the guest sent a frame longer than {} bytes", proto::MAX_FRAME)]
+    OversizeFrame,
+    #[error("the guest sent a frame that is not valid COBS")]
+    CorruptFrame,
+    #[error("the guest speaks protocol version {guest}, this host speaks {host}")]
+    Version { guest: u16, host: u16 },
     #[error("job refused ({kind:?}): {message}")]
     Refused { kind: ErrorKind, message: String },
     #[error("invalid job: {0}")]
     InvalidJob(String),
+}
+
+/// Either component's error.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error(transparent)]
+    Start(#[from] StartError),
+    #[error(transparent)]
+    Agent(#[from] AgentError),
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;

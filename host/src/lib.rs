@@ -15,6 +15,6 @@ pub mod vm;
 
 pub use accel::Accel;
 pub use agent::{Agent, GuestEvent, Job, Outcome};
-pub use error::{Error, Result};
+pub use error::{AgentError, Error, Result, StartError};
 pub use proto::{ErrorKind, Exit, Lang, Stats, Stream};
 pub use vm::{BootTimes, Vm, VmConfig};

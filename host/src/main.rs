@@ -1,19 +1,24 @@
 //! `vmexec`: run one Python or shell job in a fresh pid1 microVM.
 
+use std::error::Error as _;
 use std::io::{Read, Write};
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
+use clap::builder::{PossibleValuesParser, TypedValueParser};
 use clap::{Parser, Subcommand, ValueEnum};
 use serde_json::json;
-use vmhost::{Accel, Error, Job, Lang, Stream, Vm, VmConfig};
+use vmhost::{Accel, AgentError, Job, Lang, Stream, Vm, VmConfig};
 
 /// Exit code when the job timed out (as timeout(1) does).
 const EXIT_TIMEOUT: u8 = 124;
 /// Exit code when the job was refused before it ran, or the command line is wrong.
 const EXIT_REFUSED: u8 = 2;
+/// Exit code when the code cannot be read (sysexits' EX_NOINPUT): vmexec's
+/// own input, not the job, is at fault.
+const EXIT_NO_INPUT: u8 = 66;
 /// Exit code when the VM itself failed (no QEMU, no kernel, boot failure).
 const EXIT_FAILURE: u8 = 1;
 
@@ -70,7 +75,8 @@ struct RunArgs {
     #[arg(long)]
     debug: bool,
     /// Accelerator: auto probes KVM once and remembers the verdict.
-    #[arg(long, value_enum, default_value = "auto")]
+    #[arg(long, default_value = "auto",
+          value_parser = PossibleValuesParser::new(Accel::NAMES).try_map(|name| name.parse::<Accel>()))]
     accel: Accel,
     /// Guest kernel, vmlinux or bzImage (default: $PID1_KERNEL, else build/vmlinux).
     #[arg(long)]
@@ -100,6 +106,71 @@ fn parse_env(text: &str) -> Result<(String, String), String> {
 /// QEMU's pid and the VM directory, for the Ctrl-C handler.
 static RUNNING: Mutex<Option<(u32, PathBuf)>> = Mutex::new(None);
 
+/// Reading the job's code, before any VM exists.
+#[derive(Debug, thiserror::Error)]
+enum InputError {
+    #[error("cannot read the code from stdin")]
+    Stdin(#[source] std::io::Error),
+    #[error("cannot read the code file {}", path.display())]
+    File {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// Why a run ended without the job's own exit status.
+#[derive(Debug, thiserror::Error)]
+enum Failure {
+    #[error(transparent)]
+    Input(#[from] InputError),
+    #[error(transparent)]
+    Vm(#[from] vmhost::Error),
+}
+
+impl From<AgentError> for Failure {
+    fn from(e: AgentError) -> Self {
+        Failure::Vm(e.into())
+    }
+}
+
+impl From<vmhost::StartError> for Failure {
+    fn from(e: vmhost::StartError) -> Self {
+        Failure::Vm(e.into())
+    }
+}
+
+impl Failure {
+    /// The exit code, and the `kind` `--json` reports.
+    fn classify(&self) -> (u8, String) {
+        match self {
+            Failure::Input(_) => (EXIT_NO_INPUT, "Input".to_owned()),
+            Failure::Vm(vmhost::Error::Agent(AgentError::Refused { kind, .. })) => {
+                (EXIT_REFUSED, format!("{kind:?}"))
+            }
+            Failure::Vm(vmhost::Error::Agent(AgentError::InvalidJob(_))) => {
+                (EXIT_REFUSED, "InvalidJob".to_owned())
+            }
+            Failure::Vm(_) => (EXIT_FAILURE, "Vm".to_owned()),
+        }
+    }
+
+    /// The error and its causes, `what failed: why: ...`.
+    fn message(&self) -> String {
+        let mut text = self.to_string();
+        let mut cause = self.source();
+        while let Some(e) = cause {
+            // `transparent` variants repeat their inner error once.
+            let line = e.to_string();
+            if !text.ends_with(&line) {
+                text = format!("{text}: {line}");
+            }
+            cause = e.source();
+        }
+        text
+    }
+}
+
 fn main() -> ExitCode {
     let Command::Run(args) = Cli::parse().command;
     let _ = ctrlc::set_handler(|| {
@@ -114,11 +185,12 @@ fn main() -> ExitCode {
     let json = args.json;
     match run(args) {
         Ok(code) => code,
-        Err(e) => {
-            let (code, kind, message) = match &e {
-                Error::Refused { kind, message } => (EXIT_REFUSED, format!("{kind:?}"), message.clone()),
-                Error::InvalidJob(message) => (EXIT_REFUSED, "InvalidJob".to_owned(), message.clone()),
-                other => (EXIT_FAILURE, "Vm".to_owned(), format!("{other:#}")),
+        Err(failure) => {
+            let (code, kind) = failure.classify();
+            let message = match &failure {
+                // The init's own words, without the wrapper.
+                Failure::Vm(vmhost::Error::Agent(AgentError::Refused { message, .. })) => message.clone(),
+                _ => failure.message(),
             };
             if json {
                 println!("{}", json!({ "error": { "kind": kind, "message": message } }));
@@ -130,7 +202,7 @@ fn main() -> ExitCode {
     }
 }
 
-fn run(args: RunArgs) -> Result<ExitCode, Error> {
+fn run(args: RunArgs) -> Result<ExitCode, Failure> {
     let (code, lang) = read_code(&args)?;
     let mut job = Job::new(lang, code);
     job.env = args.env.clone();
@@ -176,7 +248,7 @@ fn run(args: RunArgs) -> Result<ExitCode, Error> {
     });
     let exec_ms = sent.elapsed().as_secs_f64() * 1000.0;
     let accel = vm.accel();
-    vm.shutdown()?;
+    vm.shutdown();
     *RUNNING.lock().expect("not poisoned") = None;
     let outcome = outcome?;
     let total_ms = started.elapsed().as_secs_f64() * 1000.0;
@@ -195,7 +267,7 @@ fn run(args: RunArgs) -> Result<ExitCode, Error> {
             "total_ms": round(total_ms),
             "kernel_ms": round(times.kernel_ms),
             "init_ms": round(times.init_ms),
-            "accel": accel,
+            "accel": accel.name(),
         });
         println!("{object}");
     }
@@ -207,7 +279,7 @@ fn round(ms: f64) -> f64 {
 }
 
 /// The code and its language, from `-c`, a file or stdin.
-fn read_code(args: &RunArgs) -> Result<(Vec<u8>, Lang), Error> {
+fn read_code(args: &RunArgs) -> Result<(Vec<u8>, Lang), InputError> {
     let from_extension = |path: &PathBuf| match path.extension().and_then(|e| e.to_str()) {
         Some("sh") => Some(Lang::Shell),
         Some("py") => Some(Lang::Python),
@@ -217,19 +289,16 @@ fn read_code(args: &RunArgs) -> Result<(Vec<u8>, Lang), Error> {
         (Some(code), _) => (code.clone().into_bytes(), None),
         (None, Some(path)) if path.as_os_str() == "-" => {
             let mut code = Vec::new();
-            std::io::stdin()
-                .read_to_end(&mut code)
-                .map_err(|e| Error::InvalidJob(format!("cannot read stdin: {e}")))?;
+            std::io::stdin().read_to_end(&mut code).map_err(InputError::Stdin)?;
             (code, None)
         }
         (None, Some(path)) => {
-            let code = std::fs::read(path)
-                .map_err(|e| Error::InvalidJob(format!("cannot read {}: {e}", path.display())))?;
+            let code =
+                std::fs::read(path).map_err(|source| InputError::File { path: path.clone(), source })?;
             (code, from_extension(path))
         }
-        (None, None) => {
-            return Err(Error::InvalidJob("no code: give -c CODE, a FILE, or - for stdin".into()));
-        }
+        // clap requires one of them.
+        (None, None) => unreachable!("clap requires -c CODE or FILE"),
     };
     let lang = match args.lang {
         Some(LangArg::Python) => Lang::Python,

@@ -10,7 +10,9 @@ use std::time::{Duration, Instant};
 
 use crate::accel::{self, Accel};
 use crate::agent::Agent;
-use crate::error::{Error, Result};
+use crate::error::{AgentError, StartError};
+
+type Result<T> = std::result::Result<T, StartError>;
 
 /// How long a TCG boot may take before it is declared failed. A boot takes
 /// about 1-3 s here; a loaded CI machine gets a wide margin.
@@ -67,7 +69,7 @@ impl Default for VmConfig {
 }
 
 /// Boot timings, in milliseconds.
-#[derive(Debug, Clone, Copy, Default, serde::Serialize)]
+#[derive(Debug, Clone, Copy, Default)]
 pub struct BootTimes {
     /// QEMU spawn → `Ready` received.
     pub boot_ms: f64,
@@ -100,7 +102,11 @@ impl Vm {
                             accel::remember(Accel::Kvm);
                             Ok(vm)
                         }
-                        Err(Error::NotReady { .. } | Error::QemuExited { .. } | Error::Panic { .. }) => {
+                        Err(
+                            StartError::NotReady { .. }
+                            | StartError::QemuExited { .. }
+                            | StartError::Panic { .. },
+                        ) => {
                             accel::remember(Accel::Tcg);
                             Vm::boot_with(config, Accel::Tcg, config.boot_timeout)
                         }
@@ -114,26 +120,29 @@ impl Vm {
     }
 
     fn boot_with(config: &VmConfig, accel: Accel, timeout: Duration) -> Result<Vm> {
-        let dir = tempfile::Builder::new().prefix("vmexec-").tempdir().map_err(Error::TempDir)?;
+        let dir = tempfile::Builder::new().prefix("vmexec-").tempdir().map_err(StartError::TempDir)?;
         let socket = dir.path().join("agent.sock");
         let console = dir.path().join("console.log");
         // The host listens first and QEMU connects as the client: connecting
         // to a QEMU server socket the instant it appears can lose output.
-        let listener = UnixListener::bind(&socket).map_err(Error::TempDir)?;
-        listener.set_nonblocking(true)?;
+        let listen = |source| StartError::Listen { path: socket.clone(), source };
+        let listener = UnixListener::bind(&socket).map_err(listen)?;
+        listener.set_nonblocking(true).map_err(listen)?;
 
         let started = Instant::now();
         let cmdline = kernel_cmdline("/sbin/init", "pid1_boot=1", accel, config.debug);
         let serial = if config.debug { Console::Stderr } else { Console::File(&console) };
         let mut command = qemu_command(config, accel, &cmdline, &socket, serial);
-        let qemu_log = fs::File::create(dir.path().join("qemu.log")).map_err(Error::TempDir)?;
+        let log_path = dir.path().join("qemu.log");
+        let qemu_log =
+            fs::File::create(&log_path).map_err(|source| StartError::QemuLog { path: log_path, source })?;
         // With --debug the console is QEMU's stderr, which must then be ours.
         let stderr = if config.debug { Stdio::inherit() } else { Stdio::from(qemu_log) };
         command.stdin(Stdio::null()).stdout(Stdio::null()).stderr(stderr);
         die_with_parent(&mut command);
         let child = command.spawn().map_err(|e| match e.kind() {
-            IoKind::NotFound => Error::NoQemu(config.qemu.display().to_string()),
-            _ => Error::Spawn(e),
+            IoKind::NotFound => StartError::NoQemu(config.qemu.clone()),
+            _ => StartError::Spawn(e),
         })?;
         let mut vm = VmStart { child: Some(child), dir: Some(dir), console: console.clone() };
 
@@ -142,7 +151,7 @@ impl Vm {
             match listener.accept() {
                 Ok((stream, _)) => break stream,
                 Err(e) if e.kind() == IoKind::WouldBlock => {}
-                Err(e) => return Err(e.into()),
+                Err(e) => return Err(StartError::Accept(e)),
             }
             vm.check_alive()?;
             if Instant::now() > deadline {
@@ -150,7 +159,7 @@ impl Vm {
             }
             std::thread::sleep(Duration::from_millis(2));
         };
-        stream.set_nonblocking(false)?;
+        stream.set_nonblocking(false).map_err(StartError::Accept)?;
         let mut agent = Agent::new(stream);
         // Wait for Ready in short slices, so a QEMU that dies is noticed.
         let (start_ns, ready_ns) = loop {
@@ -161,18 +170,18 @@ impl Vm {
             agent.set_timeout(Some(left.min(Duration::from_millis(200))))?;
             match agent.wait_ready() {
                 Ok(times) => break times,
-                Err(Error::Timeout(_)) => {
+                Err(AgentError::Timeout(_)) => {
                     vm.check_alive()?;
                     vm.check_panic()?;
                 }
-                Err(Error::Closed) => {
+                Err(AgentError::Closed) => {
                     // The guest went away: say why (a panic, QEMU's exit).
                     vm.check_panic()?;
                     wait_exit(vm.child.as_mut().expect("child until take"), Duration::from_secs(1));
                     vm.check_alive()?;
                     return Err(vm.not_ready(timeout));
                 }
-                Err(e) => return Err(e),
+                Err(e) => return Err(e.into()),
             }
         };
         let boot_ms = started.elapsed().as_secs_f64() * 1000.0;
@@ -213,10 +222,10 @@ impl Vm {
         console_tail(&self.dir.path().join("console.log"), usize::MAX)
     }
 
-    /// Asks the guest to shut down and waits for QEMU to exit.
-    pub fn shutdown(mut self) -> Result<()> {
+    /// Asks the guest to shut down and waits for QEMU to exit (killing it
+    /// if it does not within a few seconds).
+    pub fn shutdown(mut self) {
         self.stop();
-        Ok(())
     }
 
     fn stop(&mut self) {
@@ -254,7 +263,7 @@ impl VmStart {
                     console = format!("{console}\nQEMU: {}", qemu.trim());
                 }
             }
-            return Err(Error::QemuExited { status: status.to_string(), console });
+            return Err(StartError::QemuExited { status, console });
         }
         Ok(())
     }
@@ -265,13 +274,13 @@ impl VmStart {
     fn check_panic(&self) -> Result<()> {
         let tail = console_tail(&self.console, CONSOLE_TAIL);
         if tail.contains("Kernel panic") {
-            return Err(Error::Panic { console: tail });
+            return Err(StartError::Panic { console: tail });
         }
         Ok(())
     }
 
-    fn not_ready(&self, timeout: Duration) -> Error {
-        Error::NotReady { secs: timeout.as_secs(), console: console_tail(&self.console, CONSOLE_TAIL) }
+    fn not_ready(&self, timeout: Duration) -> StartError {
+        StartError::NotReady { timeout, console: console_tail(&self.console, CONSOLE_TAIL) }
     }
 
     fn take(&mut self) -> (Child, tempfile::TempDir) {
@@ -298,10 +307,10 @@ fn wait_exit(child: &mut Child, grace: Duration) {
 
 fn check_inputs(config: &VmConfig) -> Result<()> {
     if !config.kernel.is_file() {
-        return Err(Error::NoKernel(config.kernel.clone()));
+        return Err(StartError::NoKernel(config.kernel.clone()));
     }
     if !config.rootfs.is_file() {
-        return Err(Error::NoRootfs(config.rootfs.clone()));
+        return Err(StartError::NoRootfs(config.rootfs.clone()));
     }
     Ok(())
 }

@@ -5,11 +5,11 @@ mod common;
 
 use common::{Init, Mode, text};
 use proto::{ErrorKind, Lang};
-use vmhost::{Error, GuestEvent, Job};
+use vmhost::{AgentError, GuestEvent, Job};
 
 fn refused(init: &mut Init, job: &Job) -> (ErrorKind, String) {
     match init.agent.run(job, |_, _| {}) {
-        Err(Error::Refused { kind, message }) => (kind, message),
+        Err(AgentError::Refused { kind, message }) => (kind, message),
         other => panic!("expected a refusal for {job:?}, got {other:?}"),
     }
 }

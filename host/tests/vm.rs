@@ -70,7 +70,7 @@ fn one_vm_serves_many_jobs() {
     let stats = vm.agent().ping().unwrap();
     assert_eq!(stats.jobs_active, 0);
     assert_eq!(stats.jobs_started, 8);
-    vm.shutdown().unwrap();
+    vm.shutdown();
 }
 
 /// The sandbox the init sets up: mounts, users, devices, stdlib.
@@ -109,7 +109,7 @@ print(len(os.urandom(16)), sqlite3.connect(':memory:').execute('select 6*7').fet
 "#;
     let out = run(&mut vm, &Job::python(code));
     assert_eq!(text(&out.stdout), "ping\n7\n6\nchild\n16 42\n", "stderr: {}", text(&out.stderr));
-    vm.shutdown().unwrap();
+    vm.shutdown();
 }
 
 fn vmexec(args: &[&str]) -> Output {
@@ -185,6 +185,15 @@ fn cli_timeout_and_refusal() {
 
 #[test]
 fn cli_says_what_is_missing() {
+    // vmexec's own input, not the job: no VM is started, and the exit code
+    // is not the one for a refused job.
+    let out = vmexec(&["run", "/nonexistent/job.py"]);
+    assert_eq!(out.status.code(), Some(66), "{}", text(&out.stderr));
+    let err = text(&out.stderr);
+    assert!(err.contains("cannot read the code file /nonexistent/job.py: No such file"), "{err}");
+    let out = vmexec(&["run", "--json", "/nonexistent/job.py"]);
+    assert_eq!((out.status.code(), json(&out)["error"]["kind"].as_str()), (Some(66), Some("Input")));
+
     let out = vmexec(&["run", "--kernel", "/nonexistent/vmlinux", "-c", "print(1)"]);
     assert_eq!(out.status.code(), Some(1));
     assert!(
