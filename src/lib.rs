@@ -13,6 +13,7 @@ pub mod job;
 pub mod log;
 pub mod poll;
 pub mod port;
+pub mod refresh;
 pub mod rt;
 pub mod serve;
 pub mod storage;

@@ -5,19 +5,21 @@
 //! blocks, and with no job and no request the init sleeps in `epoll_wait`
 //! with no timeout.
 
+use core::fmt::Write;
+
 use proto::{ErrorKind, Event, Exit, Frame, MAX_FRAME, Request, Stats};
 use rustix::fd::OwnedFd;
 use rustix::io::Errno;
 use rustix::process::{WaitOptions, WaitStatus};
 
 use crate::config::{Config, USAGE};
-use crate::error::Os;
+use crate::error::{Os, describe};
 use crate::job::{Jobs, MAX_JOBS, Refused};
 use crate::poll::{Poll, Token};
 use crate::port::{self, Rx, RxEnd, Tx};
 use crate::rt::Args;
 use crate::sys::{self, SigSet, Signal};
-use crate::{boot, log};
+use crate::{boot, log, refresh};
 
 /// Signals the init holds back and reads from its signalfd instead.
 const HANDLED: SigSet =
@@ -187,12 +189,27 @@ impl Server {
                 },
                 Request::Signal { job, signal } => (job, self.jobs.signal(job, signal)),
                 Request::Ping { seq } => {
-                    let stats = Stats {
-                        jobs_active: self.jobs.active(),
-                        jobs_started: self.jobs.started,
-                        orphans_reaped: self.orphans_reaped,
+                    self.tx.send(&Event::Pong { seq, stats: stats(&self.jobs, self.orphans_reaped) });
+                    continue;
+                }
+                Request::Refresh { seq, realtime_ns, entropy } => {
+                    // Outside a VM the clock and the random pool are the
+                    // host's own: not the init's to set.
+                    let applied = if self.boot {
+                        refresh::apply(realtime_ns, entropy)
+                    } else {
+                        Err(("not in a VM", Errno::PERM))
                     };
-                    self.tx.send(&Event::Pong { seq, stats });
+                    match applied {
+                        Ok(()) => {
+                            self.tx.send(&Event::Pong { seq, stats: stats(&self.jobs, self.orphans_reaped) })
+                        }
+                        Err((what, e)) => {
+                            let mut text = heapless::String::<96>::new();
+                            let _ = write!(text, "refresh: {what}: {}", describe(e));
+                            error(&mut self.tx, None, ErrorKind::Refresh, &text);
+                        }
+                    }
                     continue;
                 }
                 Request::Shutdown => {
@@ -270,6 +287,11 @@ impl Server {
         }
         sys::exit(0)
     }
+}
+
+/// The counters a `Pong` carries.
+fn stats(jobs: &Jobs, orphans_reaped: u32) -> Stats {
+    Stats { jobs_active: jobs.active(), jobs_started: jobs.started, orphans_reaped }
 }
 
 fn error(tx: &mut Tx, job: Option<u32>, kind: ErrorKind, message: &str) {

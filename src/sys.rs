@@ -334,6 +334,42 @@ pub fn bring_up_loopback() -> Result<()> {
     Ok(())
 }
 
+/// `ioctl(RNDADDENTROPY)` on a random device: mixes `bytes` into the
+/// kernel's input pool and credits them as full entropy (needs
+/// CAP_SYS_ADMIN).
+pub fn add_entropy(random: BorrowedFd<'_>, bytes: &[u8]) -> Result<()> {
+    /// `_IOW('R', 0x03, int[2])`.
+    const RNDADDENTROPY: usize = 0x4008_5203;
+    /// `struct rand_pool_info`: bits credited, byte count, the bytes.
+    #[repr(C)]
+    struct PoolInfo {
+        entropy_count: i32,
+        buf_size: i32,
+        buf: [u8; proto::MAX_ENTROPY],
+    }
+    let len = bytes.len().min(proto::MAX_ENTROPY);
+    let mut info = PoolInfo { entropy_count: 0, buf_size: 0, buf: [0; proto::MAX_ENTROPY] };
+    info.buf[..len].copy_from_slice(&bytes[..len]);
+    // At most MAX_ENTROPY (256) bytes: the conversions are exact.
+    info.buf_size = i32::try_from(len).unwrap_or(0);
+    info.entropy_count = info.buf_size * 8;
+    let args = [random.as_raw_fd() as usize, RNDADDENTROPY, (&raw const info).expose_provenance(), 0];
+    // SAFETY: `info` is a valid rand_pool_info whose `buf_size` bytes
+    // follow its header, read by the kernel.
+    unsafe { syscall(sys::__NR_ioctl, args) }?;
+    Ok(())
+}
+
+/// `ioctl(RNDRESEEDCRNG)` — the CRNG rekeys from the input pool now, rather
+/// than at its next scheduled reseed.
+pub fn reseed_crng(random: BorrowedFd<'_>) -> Result<()> {
+    /// `_IO('R', 0x07)`.
+    const RNDRESEEDCRNG: usize = 0x5207;
+    // SAFETY: plain numbers; the ioctl takes no argument.
+    unsafe { syscall(sys::__NR_ioctl, [random.as_raw_fd() as usize, RNDRESEEDCRNG, 0, 0]) }?;
+    Ok(())
+}
+
 /// `clock_gettime(CLOCK_BOOTTIME)` in nanoseconds. A plain syscall: the init
 /// reads the clock a few times per job, and rustix's vDSO lookup would add
 /// about 2 KiB of ELF parsing to the binary.

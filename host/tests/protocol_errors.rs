@@ -131,3 +131,14 @@ fn next_error_for(init: &mut Init, id: u32) -> ErrorKind {
         _ => unreachable!(),
     }
 }
+
+#[test]
+fn refresh_outside_a_vm_is_refused() {
+    // The host's clock and random pool are not the init's to set.
+    let mut init = Init::start(Mode::Subreaper);
+    init.agent.send(&proto::Request::Refresh { seq: 3, realtime_ns: 1, entropy: &[7; 32] }).unwrap();
+    let (job, kind, message) = next_error(&mut init);
+    assert_eq!((job, kind), (None, ErrorKind::Refresh));
+    assert!(message.starts_with("refresh: not in a VM"), "{message}");
+    assert_eq!(text(&init.shell("echo fine").stdout), "fine\n");
+}

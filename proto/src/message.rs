@@ -21,11 +21,21 @@ pub enum Request<'a> {
     Ping { seq: u32 },
     /// Kills every process, syncs and powers the VM off.
     Shutdown,
+    /// The first message to a VM restored from a snapshot, which woke up
+    /// with its template's clock and random state: set CLOCK_REALTIME to
+    /// `realtime_ns` (since the Unix epoch), credit `entropy` to the kernel
+    /// and reseed its CRNG, then answer [`Event::Pong`] with `seq` (or an
+    /// [`ErrorKind::Refresh`] error).
+    Refresh { seq: u32, realtime_ns: u64, entropy: &'a [u8] },
 }
 
 /// Number of [`Request`] variants: a frame whose tag is at or past this is a
 /// message from a newer host, reported as [`ErrorKind::UnknownMessage`].
-pub const REQUEST_VARIANTS: u8 = 5;
+pub const REQUEST_VARIANTS: u8 = 6;
+
+/// Most bytes of entropy one [`Request::Refresh`] carries: what the kernel's
+/// CRNG takes in one go (it hashes its input pool into a 32-byte key).
+pub const MAX_ENTROPY: usize = 256;
 
 /// The header of a job.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -168,6 +178,8 @@ pub enum ErrorKind {
     DuplicateJob,
     /// The init could not set the job up (pipes, memfd, fork).
     Spawn,
+    /// A [`Request::Refresh`] failed: the clock or the entropy was not taken.
+    Refresh,
 }
 
 /// The init's counters since boot.

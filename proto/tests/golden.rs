@@ -65,6 +65,16 @@ fn signal_ping_shutdown() {
 }
 
 #[test]
+fn refresh() {
+    let msg = Request::Refresh { seq: 1, realtime_ns: 1_700_000_000_000_000_000, entropy: &[1, 2, 3, 4] };
+    let frame = [
+        0x11, 0x05, 0x01, 0x80, 0x80, 0xa8, 0xb1, 0xe3, 0x9f, 0xe7, 0xcb, 0x17, 0x04, 0x01, 0x02, 0x03, 0x04,
+        0x00,
+    ];
+    golden(&msg, &frame, request);
+}
+
+#[test]
 fn unknown_language_survives_decoding() {
     // Tag 0 (Run), job 1, language 9: the init must be able to name the field.
     let bytes = [0x00, 0x01, 0x09, 0x01, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00];
