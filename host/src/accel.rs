@@ -2,7 +2,7 @@
 //! machines /dev/kvm opens but guests hang, so "works" is decided by a real
 //! boot (see `Vm::boot`), and the verdict is remembered in the user's cache.
 
-use std::path::PathBuf;
+use std::path::Path;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Accel {
@@ -44,31 +44,30 @@ impl std::str::FromStr for Accel {
     }
 }
 
+/// The accelerator `choice` means on this machine, without booting: `None`
+/// when only a probe boot can tell (auto, KVM usable, no verdict yet).
+pub fn resolved(choice: Accel, cache: &Path) -> Option<Accel> {
+    match choice {
+        Accel::Auto => remembered(cache).or_else(|| (!kvm_usable()).then_some(Accel::Tcg)),
+        accel => Some(accel),
+    }
+}
+
 /// /dev/kvm exists and this user may open it.
 pub fn kvm_usable() -> bool {
     std::fs::OpenOptions::new().read(true).write(true).open("/dev/kvm").is_ok()
 }
 
-fn verdict_file() -> Option<PathBuf> {
-    let cache = std::env::var_os("XDG_CACHE_HOME")
-        .map(PathBuf::from)
-        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))?;
-    Some(cache.join("pid1").join("accel"))
-}
-
-/// The verdict of an earlier probe on this machine.
-pub fn remembered() -> Option<Accel> {
-    match std::fs::read_to_string(verdict_file()?).ok()?.trim().parse() {
+/// The verdict of an earlier probe on this machine, kept in `cache`.
+pub fn remembered(cache: &Path) -> Option<Accel> {
+    match std::fs::read_to_string(cache.join("accel")).ok()?.trim().parse() {
         Ok(accel @ (Accel::Kvm | Accel::Tcg)) => Some(accel),
         _ => None,
     }
 }
 
-pub fn remember(accel: Accel) {
-    let Some(path) = verdict_file() else { return };
+pub fn remember(cache: &Path, accel: Accel) {
     let verdict = if accel == Accel::Kvm { Accel::Kvm } else { Accel::Tcg };
-    if let Some(dir) = path.parent() {
-        let _ = std::fs::create_dir_all(dir);
-    }
-    let _ = std::fs::write(path, verdict.name());
+    let _ = std::fs::create_dir_all(cache);
+    let _ = std::fs::write(cache.join("accel"), verdict.name());
 }

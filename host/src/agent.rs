@@ -251,6 +251,22 @@ impl Agent {
         }
     }
 
+    /// Gives a restored guest the wall clock and fresh entropy, and waits
+    /// until it has taken both.
+    pub fn refresh(&mut self, realtime_ns: u64, entropy: &[u8]) -> Result<()> {
+        let seq = self.next_seq;
+        self.next_seq += 1;
+        self.send(&Request::Refresh { seq, realtime_ns, entropy })?;
+        let answer = self.next_event_for(|e| {
+            matches!(e, GuestEvent::Pong { seq: s, .. } if *s == seq)
+                || matches!(e, GuestEvent::Error { job: None, kind: ErrorKind::Refresh, .. })
+        })?;
+        match answer {
+            GuestEvent::Error { kind, message, .. } => Err(AgentError::Refused { kind, message }),
+            _ => Ok(()),
+        }
+    }
+
     pub fn shutdown(&mut self) -> Result<()> {
         self.send(&Request::Shutdown)
     }

@@ -47,6 +47,16 @@ pub enum StartError {
     NotReady { timeout: Duration, console: String },
     #[error("waiting for the guest's Ready")]
     Agent(#[from] AgentError),
+    #[error("QEMU's monitor failed to {step}")]
+    Qmp {
+        step: &'static str,
+        #[source]
+        source: crate::qmp::QmpError,
+    },
+    #[error("cannot read entropy for the guest from /dev/urandom")]
+    Entropy(#[source] std::io::Error),
+    #[error("the restored guest did not take its clock and entropy")]
+    Refresh(#[source] AgentError),
 }
 
 /// Talking to an init over the wire.

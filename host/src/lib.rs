@@ -10,11 +10,15 @@
 
 pub mod accel;
 pub mod agent;
+pub mod cleanup;
 pub mod error;
+pub mod qmp;
+pub mod template;
+mod tsc;
 pub mod vm;
 
 pub use accel::Accel;
 pub use agent::{Agent, GuestEvent, Job, Outcome};
 pub use error::{AgentError, Error, Result, StartError};
 pub use proto::{ErrorKind, Exit, Lang, Stats, Stream};
-pub use vm::{BootTimes, Vm, VmConfig};
+pub use vm::{BootTimes, Start, Vm, VmConfig};

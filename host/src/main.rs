@@ -4,12 +4,12 @@ use std::error::Error as _;
 use std::io::{Read, Write};
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use clap::builder::{PossibleValuesParser, TypedValueParser};
 use clap::{Parser, Subcommand, ValueEnum};
 use serde_json::json;
+use vmhost::template::Template;
 use vmhost::{Accel, AgentError, Job, Lang, Stream, Vm, VmConfig};
 
 /// Exit code when the job timed out (as timeout(1) does).
@@ -33,6 +33,23 @@ struct Cli {
 enum Command {
     /// Boot a VM, run one job, print its output, exit with its exit code.
     Run(RunArgs),
+    /// Make, show or remove the snapshot templates VMs are restored from.
+    Template {
+        #[command(subcommand)]
+        action: TemplateAction,
+        #[command(flatten)]
+        vm: VmArgs,
+    },
+}
+
+#[derive(Subcommand)]
+enum TemplateAction {
+    /// Make the template for these VM settings now (if it is not there).
+    Build,
+    /// List the templates: where, how big, and which one these settings use.
+    Status,
+    /// Remove every template.
+    Clear,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -62,15 +79,28 @@ struct RunArgs {
     /// Working directory of the job in the guest (default: its home).
     #[arg(long)]
     cwd: Option<String>,
+    /// Print one JSON object with the output, exit status and timings.
+    #[arg(long)]
+    json: bool,
+    /// Bytes of stdout (and of stderr) kept before the rest is dropped.
+    #[arg(long, default_value_t = proto::DEFAULT_OUTPUT_LIMIT)]
+    output_limit: u32,
+    /// Boot the kernel instead of restoring the snapshot template.
+    #[arg(long)]
+    cold: bool,
+    #[command(flatten)]
+    vm: VmArgs,
+}
+
+/// What a VM is made of; a template is made for one combination.
+#[derive(clap::Args)]
+struct VmArgs {
     /// Guest memory in MiB (Python needs some 64 MiB to be useful).
     #[arg(long, default_value_t = 256, value_parser = clap::value_parser!(u32).range(64..=65536))]
     memory: u32,
     /// Guest CPUs.
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=8))]
     cpus: u32,
-    /// Print one JSON object with the output, exit status and timings.
-    #[arg(long)]
-    json: bool,
     /// Show the kernel console on stderr.
     #[arg(long)]
     debug: bool,
@@ -84,9 +114,25 @@ struct RunArgs {
     /// Guest root filesystem (default: $PID1_ROOTFS, else build/rootfs.erofs).
     #[arg(long)]
     rootfs: Option<PathBuf>,
-    /// Bytes of stdout (and of stderr) kept before the rest is dropped.
-    #[arg(long, default_value_t = proto::DEFAULT_OUTPUT_LIMIT)]
-    output_limit: u32,
+}
+
+impl VmArgs {
+    fn config(&self) -> VmConfig {
+        let mut config = VmConfig {
+            memory_mb: self.memory,
+            cpus: self.cpus,
+            accel: self.accel,
+            debug: self.debug,
+            ..VmConfig::default()
+        };
+        if let Some(kernel) = &self.kernel {
+            config.kernel = kernel.clone();
+        }
+        if let Some(rootfs) = &self.rootfs {
+            config.rootfs = rootfs.clone();
+        }
+        config
+    }
 }
 
 fn parse_timeout(text: &str) -> Result<f64, String> {
@@ -102,9 +148,6 @@ fn parse_env(text: &str) -> Result<(String, String), String> {
     let (name, value) = text.split_once('=').ok_or_else(|| format!("`{text}` is not NAME=VALUE"))?;
     Ok((name.to_owned(), value.to_owned()))
 }
-
-/// QEMU's pid and the VM directory, for the Ctrl-C handler.
-static RUNNING: Mutex<Option<(u32, PathBuf)>> = Mutex::new(None);
 
 /// Reading the job's code, before any VM exists.
 #[derive(Debug, thiserror::Error)]
@@ -172,16 +215,15 @@ impl Failure {
 }
 
 fn main() -> ExitCode {
-    let Command::Run(args) = Cli::parse().command;
+    // Ctrl-C: no QEMU, socket, temporary file or half-made template stays.
     let _ = ctrlc::set_handler(|| {
-        if let Some((pid, dir)) = RUNNING.lock().ok().and_then(|mut r| r.take()) {
-            if let Some(pid) = rustix::process::Pid::from_raw(pid as i32) {
-                let _ = rustix::process::kill_process(pid, rustix::process::Signal::KILL);
-            }
-            let _ = std::fs::remove_dir_all(dir);
-        }
+        vmhost::cleanup::interrupt();
         std::process::exit(130);
     });
+    let args = match Cli::parse().command {
+        Command::Run(args) => args,
+        Command::Template { action, vm } => return template(action, &vm.config()),
+    };
     let json = args.json;
     match run(args) {
         Ok(code) => code,
@@ -211,23 +253,12 @@ fn run(args: RunArgs) -> Result<ExitCode, Failure> {
     job.stdout_limit = args.output_limit;
     job.stderr_limit = args.output_limit;
 
-    let mut config = VmConfig {
-        memory_mb: args.memory,
-        cpus: args.cpus,
-        accel: args.accel,
-        debug: args.debug,
-        ..VmConfig::default()
-    };
-    if let Some(kernel) = &args.kernel {
-        config.kernel = kernel.clone();
-    }
-    if let Some(rootfs) = &args.rootfs {
-        config.rootfs = rootfs.clone();
-    }
-
+    let config = VmConfig { cold: args.cold, ..args.vm.config() };
     let started = Instant::now();
     let mut vm = Vm::boot(&config)?;
-    *RUNNING.lock().expect("not poisoned") = Some(vm.resources());
+    if let Some(why) = vm.fallback() {
+        eprintln!("vmexec: warning: {why}; booted cold");
+    }
     let times = vm.times();
 
     // A guest that stops answering must not hang vmexec: allow the job its
@@ -247,9 +278,8 @@ fn run(args: RunArgs) -> Result<ExitCode, Failure> {
         }
     });
     let exec_ms = sent.elapsed().as_secs_f64() * 1000.0;
-    let accel = vm.accel();
+    let (accel, start) = (vm.accel(), vm.start());
     vm.shutdown();
-    *RUNNING.lock().expect("not poisoned") = None;
     let outcome = outcome?;
     let total_ms = started.elapsed().as_secs_f64() * 1000.0;
 
@@ -262,6 +292,7 @@ fn run(args: RunArgs) -> Result<ExitCode, Failure> {
             "timed_out": outcome.timed_out,
             "stdout_truncated": outcome.stdout_truncated,
             "stderr_truncated": outcome.stderr_truncated,
+            "start": start.name(),
             "boot_ms": round(times.boot_ms),
             "exec_ms": round(exec_ms),
             "total_ms": round(total_ms),
@@ -272,6 +303,72 @@ fn run(args: RunArgs) -> Result<ExitCode, Failure> {
         println!("{object}");
     }
     Ok(ExitCode::from(if outcome.timed_out { EXIT_TIMEOUT } else { (outcome.code() & 0xff) as u8 }))
+}
+
+/// `vmexec template ...`.
+fn template(action: TemplateAction, config: &VmConfig) -> ExitCode {
+    // Before any VM ran here, KVM's verdict is not known: its template
+    // would be the TCG one if the probe fails, as it does where KVM hangs.
+    let accel = vmhost::accel::resolved(config.accel, &config.cache_dir).unwrap_or(Accel::Tcg);
+    let fail = |what: &str, e: &dyn std::error::Error| {
+        eprintln!("vmexec: {what}: {}", vmhost::template::chain(e));
+        ExitCode::from(EXIT_FAILURE)
+    };
+    match action {
+        TemplateAction::Build => {
+            let template = match Template::locate(config, accel) {
+                Ok(template) => template,
+                Err(e) => return fail("cannot make the template", &e),
+            };
+            if template.check(config).is_ok() {
+                println!("{} (already made)", template.dir().display());
+                return ExitCode::SUCCESS;
+            }
+            let started = Instant::now();
+            match template.build(config, accel) {
+                Ok(true) => {
+                    println!(
+                        "{} (made in {:.1} s)",
+                        template.dir().display(),
+                        started.elapsed().as_secs_f64()
+                    );
+                    ExitCode::SUCCESS
+                }
+                Ok(false) => {
+                    eprintln!("vmexec: another process is making this template now");
+                    ExitCode::from(EXIT_FAILURE)
+                }
+                Err(e) => fail("cannot make the template", &e),
+            }
+        }
+        TemplateAction::Status => match vmhost::template::list(config, accel) {
+            Ok(all) if all.is_empty() => {
+                println!("no templates in {}", config.cache_dir.join("templates").display());
+                ExitCode::SUCCESS
+            }
+            Ok(all) => {
+                for t in all {
+                    let age = t.created.and_then(|c| c.elapsed().ok()).map_or(0, |a| a.as_secs());
+                    println!(
+                        "{}  {:.1} MiB on disk, {} MiB guest RAM, made {age} s ago{}",
+                        t.dir.display(),
+                        t.disk_bytes as f64 / (1 << 20) as f64,
+                        t.ram_bytes >> 20,
+                        if t.current { "  (used by these settings)" } else { "" }
+                    );
+                }
+                ExitCode::SUCCESS
+            }
+            Err(e) => fail("cannot list the templates", &e),
+        },
+        TemplateAction::Clear => match vmhost::template::clear(&config.cache_dir) {
+            Ok(n) => {
+                println!("removed {n} template(s)");
+                ExitCode::SUCCESS
+            }
+            Err(e) => fail("cannot remove the templates", &e),
+        },
+    }
 }
 
 fn round(ms: f64) -> f64 {

@@ -1,26 +1,20 @@
-//! The real thing: the kernel boots the init in a QEMU microVM (TCG here),
-//! and jobs run through the host library and the `vmexec` CLI. Needs the
-//! guest image (`just image`).
+//! The real thing: the init in a QEMU microVM (TCG here), restored from a
+//! snapshot template as VMs are by default, and booted cold; jobs run
+//! through the host library and the `vmexec` CLI. Needs the guest image
+//! (`just image`).
 
 mod common;
 
 use std::process::{Command, Output};
 use std::time::Duration;
 
-use common::{ZOMBIE_SCAN, double_forks, text};
+use common::{ZOMBIE_SCAN, cold_vm, double_forks, restored_vm, template_ready, text};
 
 use proto::{Exit, Stream};
-use vmhost::{Job, Vm, VmConfig};
+use vmhost::{Job, Vm};
 
 fn boot() -> Vm {
-    let config = VmConfig::default();
-    assert!(
-        config.kernel.is_file() && config.rootfs.is_file(),
-        "no guest image at {} / {}: run `just image`",
-        config.kernel.display(),
-        config.rootfs.display()
-    );
-    Vm::boot(&config).unwrap_or_else(|e| panic!("boot failed: {e}"))
+    restored_vm()
 }
 
 fn run(vm: &mut Vm, job: &Job) -> vmhost::Outcome {
@@ -29,10 +23,22 @@ fn run(vm: &mut Vm, job: &Job) -> vmhost::Outcome {
 
 /// One VM, many jobs: what a notebook or an agent session does.
 #[test]
-fn one_vm_serves_many_jobs() {
-    let mut vm = boot();
+fn one_restored_vm_serves_many_jobs() {
+    let vm = boot();
+    assert!(vm.times().boot_ms > 0.0, "{:?}", vm.times());
+    serves_many_jobs(vm);
+}
+
+#[test]
+fn one_cold_vm_serves_many_jobs() {
+    let vm = cold_vm();
     let times = vm.times();
     assert!(times.kernel_ms > 0.0 && times.init_ms >= 0.0 && times.boot_ms > times.kernel_ms, "{times:?}");
+    serves_many_jobs(vm);
+}
+
+fn serves_many_jobs(mut vm: Vm) {
+    let before = vm.agent().ping().unwrap();
 
     let out = run(&mut vm, &Job::python("print('hello from the guest')"));
     assert_eq!((text(&out.stdout), out.exit), ("hello from the guest\n".into(), Exit::Code(0)));
@@ -69,7 +75,7 @@ fn one_vm_serves_many_jobs() {
 
     let stats = vm.agent().ping().unwrap();
     assert_eq!(stats.jobs_active, 0);
-    assert_eq!(stats.jobs_started, 8);
+    assert_eq!(stats.jobs_started - before.jobs_started, 8);
     vm.shutdown();
 }
 
@@ -133,22 +139,42 @@ fn json(out: &Output) -> serde_json::Value {
     serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{e}: {}", text(&out.stdout)))
 }
 
+/// `vmexec run` restores by default; `--cold` boots the kernel.
+const MODES: [(&str, &[&str]); 2] = [("restored", &["run"]), ("cold", &["run", "--cold"])];
+
+/// `vmexec` with `run` (and `--cold` in cold mode) before `args`; the
+/// template exists, so that a restore is what runs without `--cold`.
+fn vmexec_in(mode: &[&str], args: &[&str]) -> Output {
+    template_ready();
+    vmexec(&[mode, args].concat())
+}
+
 #[test]
 fn cli_runs_code_and_exits_with_its_code() {
-    let out = vmexec(&["run", "-c", "print(1+1)"]);
-    assert_eq!((text(&out.stdout), out.status.code()), ("2\n".into(), Some(0)), "{}", text(&out.stderr));
-    let out = vmexec_stdin(&["run", "-l", "sh", "-"], "echo from stdin; echo e >&2; exit 7");
-    assert_eq!(
-        (text(&out.stdout), text(&out.stderr), out.status.code()),
-        ("from stdin\n".into(), "e\n".into(), Some(7))
-    );
+    for (_, mode) in MODES {
+        let out = vmexec_in(mode, &["-c", "print(1+1)"]);
+        assert_eq!((text(&out.stdout), out.status.code()), ("2\n".into(), Some(0)), "{}", text(&out.stderr));
+        template_ready();
+        let out = vmexec_stdin(&[mode, &["-l", "sh", "-"]].concat(), "echo from stdin; echo e >&2; exit 7");
+        assert_eq!(
+            (text(&out.stdout), text(&out.stderr), out.status.code()),
+            ("from stdin\n".into(), "e\n".into(), Some(7))
+        );
+    }
 }
 
 #[test]
 fn cli_json_reports_output_status_and_timings() {
-    let out = vmexec(&["run", "--json", "-l", "sh", "-c", "echo out; echo err >&2; kill -9 $$"]);
+    for (name, mode) in MODES {
+        let out = vmexec_in(mode, &["--json", "-l", "sh", "-c", "echo out; echo err >&2; kill -9 $$"]);
+        json_reports_output_status_and_timings(name, &out);
+    }
+}
+
+fn json_reports_output_status_and_timings(start: &str, out: &Output) {
     assert_eq!(out.status.code(), Some(137));
-    let v = json(&out);
+    let v = json(out);
+    assert_eq!(v["start"].as_str(), Some(start), "{v}");
     assert_eq!((v["stdout"].as_str(), v["stderr"].as_str()), (Some("out\n"), Some("err\n")));
     assert_eq!((v["exit_code"].as_i64(), v["timed_out"].as_bool()), (Some(137), Some(false)));
     assert_eq!(
@@ -163,6 +189,7 @@ fn cli_json_reports_output_status_and_timings() {
 
 #[test]
 fn cli_timeout_and_refusal() {
+    template_ready();
     // A shell prints within milliseconds of its start; a cold Python under
     // TCG on a loaded machine might not within the timeout.
     let out = vmexec(&["run", "--json", "--timeout", "3", "-l", "sh", "-c", "echo t; sleep 60"]);
@@ -219,6 +246,7 @@ fn cli_says_what_is_missing() {
 
 #[test]
 fn cli_ctrl_c_leaves_nothing_behind() {
+    template_ready();
     use std::io::Read;
     let tmp = tempfile::tempdir().unwrap();
     let mut child = Command::new(env!("CARGO_BIN_EXE_vmexec"))
@@ -256,6 +284,7 @@ fn cli_ctrl_c_leaves_nothing_behind() {
 
 #[test]
 fn cli_guesses_the_language_from_the_file() {
+    template_ready();
     let dir = tempfile::tempdir().unwrap();
     let script = dir.path().join("job.sh");
     std::fs::write(&script, "echo \"shell $((6 * 7))\"").unwrap();
@@ -273,34 +302,43 @@ fn orphans(n: usize) -> String {
 #[test]
 fn pid1_double_forked_orphan_reports_ppid_1() {
     let code = "import os, time\nr, w = os.pipe()\nif os.fork() == 0:\n    if os.fork() == 0:\n        os.read(r, 1)\n        print(f'ORPHAN_PPID:{os.getppid()}', flush=True)\n        os._exit(0)\n    os._exit(0)\nos.wait()\ntime.sleep(0.1)\nos.write(w, b'x')\ntime.sleep(1)";
-    let out = vmexec(&["run", "-c", code]);
-    assert_eq!(text(&out.stdout), "ORPHAN_PPID:1\n", "{}", text(&out.stderr));
+    for (_, mode) in MODES {
+        let out = vmexec_in(mode, &["-c", code]);
+        assert_eq!(text(&out.stdout), "ORPHAN_PPID:1\n", "{}", text(&out.stderr));
+    }
 }
 
 #[test]
 fn pid1_orphans_leave_no_zombies() {
-    for n in [1, 20, 50] {
-        let out = vmexec(&["run", "-c", &orphans(n)]);
-        assert_eq!(text(&out.stdout), format!("SPAWNED:{n}\nZOMBIE_COUNT:0\n"), "{}", text(&out.stderr));
+    for (_, mode) in MODES {
+        for n in [1, 20, 50] {
+            let out = vmexec_in(mode, &["-c", &orphans(n)]);
+            assert_eq!(text(&out.stdout), format!("SPAWNED:{n}\nZOMBIE_COUNT:0\n"), "{}", text(&out.stderr));
+        }
     }
 }
 
 #[test]
 fn pid1_shell_orphans_leave_no_zombies() {
-    let out = vmexec(&[
-        "run",
-        "-l",
-        "sh",
-        "-c",
-        "for i in 1 2 3; do sh -c 'sh -c \"sleep 0.1\" &'; done; sleep 0.5",
-    ]);
+    for (_, mode) in MODES {
+        shell_orphans_leave_no_zombies(mode);
+    }
+}
+
+fn shell_orphans_leave_no_zombies(mode: &[&str]) {
+    let out = vmexec_in(
+        mode,
+        &["-l", "sh", "-c", "for i in 1 2 3; do sh -c 'sh -c \"sleep 0.1\" &'; done; sleep 0.5"],
+    );
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
-    let out = vmexec(&[
-        "run",
-        "-c",
-        &format!(
-            "import subprocess\nsubprocess.run(['sh', '-c', '''for i in 1 2 3; do sh -c 'sh -c \"sleep 0.1\" &'; done; sleep 0.5'''])\n{ZOMBIE_SCAN}"
-        ),
-    ]);
+    let out = vmexec_in(
+        mode,
+        &[
+            "-c",
+            &format!(
+                "import subprocess\nsubprocess.run(['sh', '-c', '''for i in 1 2 3; do sh -c 'sh -c \"sleep 0.1\" &'; done; sleep 0.5'''])\n{ZOMBIE_SCAN}"
+            ),
+        ],
+    );
     assert_eq!(text(&out.stdout), "ZOMBIE_COUNT:0\n", "{}", text(&out.stderr));
 }

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use clap::Parser;
-use vmhost::vm::{Console, die_with_parent, kernel_cmdline, qemu_command};
+use vmhost::vm::{Console, Launch, Ram, die_with_parent, kernel_cmdline, qemu_command};
 use vmhost::{Accel, Job, Lang, Vm, VmConfig};
 
 #[derive(Parser)]
@@ -61,7 +61,15 @@ fn baseline_run(config: &VmConfig, accel: Accel, lang: Lang) -> Result<f64> {
     let _listener = UnixListener::bind(&socket)?;
     let job = if lang == Lang::Python { "bench_job=python" } else { "bench_job=sh" };
     let cmdline = kernel_cmdline("/sbin/baseline-init", job, accel, false);
-    let mut command = qemu_command(config, accel, &cmdline, &socket, Console::Stdout);
+    let launch = Launch {
+        cmdline: &cmdline,
+        agent: &socket,
+        console: Console::Stdout,
+        ram: Ram::Anonymous,
+        qmp: None,
+        incoming: false,
+    };
+    let mut command = qemu_command(config, accel, &launch);
     command.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::null());
     die_with_parent(&mut command);
     let spawned = Instant::now();

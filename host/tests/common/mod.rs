@@ -159,3 +159,64 @@ print('SPAWNED:{n}')
 "#
     )
 }
+
+/// The default VM configuration, after checking that the guest image exists.
+pub fn vm_config() -> vmhost::VmConfig {
+    let config = vmhost::VmConfig::default();
+    assert!(
+        config.kernel.is_file() && config.rootfs.is_file(),
+        "no guest image at {} / {}: run `just image`",
+        config.kernel.display(),
+        config.rootfs.display()
+    );
+    config
+}
+
+/// Makes sure `config`'s snapshot template exists (making it, or waiting
+/// while another test process makes it), so that `Vm::boot` restores.
+pub fn ensure_template(config: &vmhost::VmConfig) {
+    let accel = match vmhost::accel::resolved(config.accel, &config.cache_dir) {
+        Some(accel) => accel,
+        None => {
+            // The first VM here probes KVM (a cold boot) and remembers.
+            vmhost::Vm::boot(config).expect("probe boot").shutdown();
+            vmhost::accel::resolved(config.accel, &config.cache_dir).expect("a verdict after the probe")
+        }
+    };
+    let template = vmhost::template::Template::locate(config, accel).expect("template key");
+    for _ in 0..1200 {
+        if template.check(config).is_ok() {
+            return;
+        }
+        match template.build(config, accel) {
+            Ok(true) => return,
+            Ok(false) => std::thread::sleep(Duration::from_millis(100)),
+            Err(e) => panic!("cannot make the template: {}", vmhost::template::chain(&e)),
+        }
+    }
+    panic!("the template was not made within 2 minutes");
+}
+
+/// Makes sure the default template exists, once per test process: then
+/// every VM (and `vmexec run` without `--cold`) restores.
+pub fn template_ready() {
+    static TEMPLATE: std::sync::Once = std::sync::Once::new();
+    TEMPLATE.call_once(|| ensure_template(&vm_config()));
+}
+
+/// A VM restored from the default template (made if need be).
+pub fn restored_vm() -> vmhost::Vm {
+    template_ready();
+    let config = vm_config();
+    let vm = vmhost::Vm::boot(&config).unwrap_or_else(|e| panic!("restore failed: {e}"));
+    assert_eq!(vm.start(), vmhost::Start::Restored, "fallback: {:?}", vm.fallback());
+    vm
+}
+
+/// A VM that booted its kernel.
+pub fn cold_vm() -> vmhost::Vm {
+    let config = vmhost::VmConfig { cold: true, ..vm_config() };
+    let vm = vmhost::Vm::boot(&config).unwrap_or_else(|e| panic!("boot failed: {e}"));
+    assert_eq!(vm.start(), vmhost::Start::Cold);
+    vm
+}
