@@ -34,20 +34,16 @@ enum Command {
     /// Boot a VM, run one job, print its output, exit with its exit code.
     Run(RunArgs),
     /// Make, show or remove the snapshot templates VMs are restored from.
-    Template {
-        #[command(subcommand)]
-        action: TemplateAction,
-        #[command(flatten)]
-        vm: VmArgs,
-    },
+    #[command(subcommand)]
+    Template(TemplateAction),
 }
 
 #[derive(Subcommand)]
 enum TemplateAction {
     /// Make the template for these VM settings now (if it is not there).
-    Build,
+    Build(VmArgs),
     /// List the templates: where, how big, and which one these settings use.
-    Status,
+    Status(VmArgs),
     /// Remove every template.
     Clear,
 }
@@ -222,7 +218,7 @@ fn main() -> ExitCode {
     });
     let args = match Cli::parse().command {
         Command::Run(args) => args,
-        Command::Template { action, vm } => return template(action, &vm.config()),
+        Command::Template(action) => return template(action),
     };
     let json = args.json;
     match run(args) {
@@ -306,7 +302,12 @@ fn run(args: RunArgs) -> Result<ExitCode, Failure> {
 }
 
 /// `vmexec template ...`.
-fn template(action: TemplateAction, config: &VmConfig) -> ExitCode {
+fn template(action: TemplateAction) -> ExitCode {
+    let config = match &action {
+        TemplateAction::Build(vm) | TemplateAction::Status(vm) => vm.config(),
+        TemplateAction::Clear => VmConfig::default(),
+    };
+    let config = &config;
     // Before any VM ran here, KVM's verdict is not known: its template
     // would be the TCG one if the probe fails, as it does where KVM hangs.
     let accel = vmhost::accel::resolved(config.accel, &config.cache_dir).unwrap_or(Accel::Tcg);
@@ -315,7 +316,7 @@ fn template(action: TemplateAction, config: &VmConfig) -> ExitCode {
         ExitCode::from(EXIT_FAILURE)
     };
     match action {
-        TemplateAction::Build => {
+        TemplateAction::Build(_) => {
             let template = match Template::locate(config, accel) {
                 Ok(template) => template,
                 Err(e) => return fail("cannot make the template", &e),
@@ -341,7 +342,7 @@ fn template(action: TemplateAction, config: &VmConfig) -> ExitCode {
                 Err(e) => fail("cannot make the template", &e),
             }
         }
-        TemplateAction::Status => match vmhost::template::list(config, accel) {
+        TemplateAction::Status(_) => match vmhost::template::list(config, accel) {
             Ok(all) if all.is_empty() => {
                 println!("no templates in {}", config.cache_dir.join("templates").display());
                 ExitCode::SUCCESS

@@ -1,0 +1,270 @@
+//! Snapshot templates: every restored VM is its own machine (randomness,
+//! wall clock), guest clocks are real clocks, and a template is made once,
+//! remade when its inputs change, never trusted when damaged, and never
+//! left half-made. Needs the guest image (`just image`).
+
+mod common;
+
+use std::path::Path;
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use common::{cold_vm, ensure_template, restored_vm, text, vm_config};
+use vmhost::template::{Template, list};
+use vmhost::{Job, Start, Vm, VmConfig};
+
+fn run(vm: &mut Vm, job: &Job) -> vmhost::Outcome {
+    vm.agent().run(job, |_, _| {}).unwrap_or_else(|e| panic!("{job:?}: {e}"))
+}
+
+/// The accelerator VMs use here (so that fresh caches need no KVM probe).
+fn accel() -> vmhost::Accel {
+    common::template_ready();
+    let config = vm_config();
+    vmhost::accel::resolved(config.accel, &config.cache_dir).expect("a verdict once a VM ran")
+}
+
+/// The default configuration with its own, empty cache.
+fn fresh_config(cache: &Path) -> VmConfig {
+    VmConfig { cache_dir: cache.to_owned(), accel: accel(), ..vm_config() }
+}
+
+fn seconds_since_epoch() -> f64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs_f64()
+}
+
+const RANDOMNESS: &str = "import os, uuid, random, secrets\n\
+                          print(os.urandom(16).hex(), uuid.uuid4(), random.random(), secrets.token_hex())";
+
+#[test]
+fn restored_vms_draw_different_random_numbers_and_know_the_time() {
+    let mut a = restored_vm();
+    let mut b = restored_vm();
+    let one = text(&run(&mut a, &Job::python(RANDOMNESS)).stdout);
+    let two = text(&run(&mut b, &Job::python(RANDOMNESS)).stdout);
+    let (one, two): (Vec<&str>, Vec<&str>) =
+        (one.split_whitespace().collect(), two.split_whitespace().collect());
+    assert_eq!((one.len(), two.len()), (4, 4), "{one:?} {two:?}");
+    for (what, (x, y)) in
+        ["os.urandom", "uuid4", "random.random", "secrets.token_hex"].iter().zip(one.iter().zip(&two))
+    {
+        assert_ne!(x, y, "{what} is the same in two restored VMs");
+    }
+    for vm in [&mut a, &mut b] {
+        let before = seconds_since_epoch();
+        let out = run(vm, &Job::python("import time; print(time.time())"));
+        let after = seconds_since_epoch();
+        let guest: f64 = text(&out.stdout).trim().parse().unwrap();
+        assert!(guest > before - 1.0 && guest < after + 1.0, "guest {guest}, host {before}..{after}");
+    }
+}
+
+/// Readings of `perf_counter_ns` have nanosecond grain: on jiffies they are
+/// multiples of 4 ms, on the TSC their differences share no big factor.
+const CLOCK_GRAIN: &str = "import math, time\n\
+                           t = [time.perf_counter_ns() for _ in range(2000)]\n\
+                           print(math.gcd(*[b - a for a, b in zip(t, t[1:])]))";
+
+fn clock_grain_ns(vm: &mut Vm) -> u64 {
+    text(&run(vm, &Job::python(CLOCK_GRAIN)).stdout).trim().parse().unwrap()
+}
+
+/// Fine-grained clocks, and 10 s of host time read by the guest's boot
+/// clock, bracketed by the host times before and after each reading.
+fn guest_clock_rate(vm: &mut Vm) {
+    // The kernel's own calibration under TCG succeeds on some boots and
+    // falls back to jiffies on others: only the host's rate is reliable.
+    let cmdline = text(&run(vm, &Job::shell("cat /proc/cmdline")).stdout);
+    assert!(cmdline.contains(" tsc_early_khz=") && cmdline.contains(" tsc=reliable"), "{cmdline}");
+    let grain = clock_grain_ns(vm);
+    assert!(grain <= 1000, "perf_counter_ns steps by {grain} ns");
+
+    let uptime = |vm: &mut Vm| {
+        let before = Instant::now();
+        let out = run(vm, &Job::shell("cut -d' ' -f1 /proc/uptime"));
+        (before, Instant::now(), text(&out.stdout).trim().parse::<f64>().unwrap())
+    };
+    let (before_a, after_a, a) = uptime(vm);
+    std::thread::sleep(Duration::from_secs(10));
+    let (before_b, after_b, b) = uptime(vm);
+    let (shortest, longest) = ((before_b - after_a).as_secs_f64(), (after_b - before_a).as_secs_f64());
+    let guest = b - a;
+    // /proc/uptime has 10 ms steps; 1% of 10 s is 100 ms.
+    assert!(
+        guest >= shortest * 0.99 - 0.01 && guest <= longest * 1.01 + 0.01,
+        "the guest counted {guest:.3} s while the host counted {shortest:.3}..{longest:.3} s"
+    );
+    // Still fine-grained: a kernel that distrusts its TSC switches to
+    // jiffies a few seconds after boot (from `tsc-early` to `tsc` if not).
+    let source = run(vm, &Job::shell("cat /sys/devices/system/clocksource/clocksource0/current_clocksource"));
+    assert_eq!(text(&source.stdout), "tsc\n");
+    let grain = clock_grain_ns(vm);
+    assert!(grain <= 1000, "perf_counter_ns steps by {grain} ns after 10 s");
+}
+
+#[test]
+fn a_restored_guest_clock_is_fine_grained_and_keeps_time() {
+    guest_clock_rate(&mut restored_vm());
+}
+
+#[test]
+fn a_cold_guest_clock_is_fine_grained_and_keeps_time() {
+    guest_clock_rate(&mut cold_vm());
+}
+
+#[test]
+fn a_damaged_template_means_a_cold_boot_with_a_warning_then_a_new_template() {
+    let cache = tempfile::tempdir().unwrap();
+    let config = fresh_config(cache.path());
+    ensure_template(&config);
+    let template = Template::locate(&config, config.accel).unwrap();
+
+    // Same size, other bytes: only restoring it can tell.
+    let size = std::fs::metadata(template.state()).unwrap().len();
+    std::fs::write(template.state(), vec![0x5a; usize::try_from(size).unwrap()]).unwrap();
+    let mut vm = Vm::boot(&config).unwrap();
+    assert_eq!(vm.start(), Start::Cold);
+    let why = vm.fallback().expect("a warning").to_owned();
+    assert!(why.contains("cannot restore the snapshot template") && !why.contains('\n'), "{why}");
+    assert_eq!(text(&run(&mut vm, &Job::shell("echo fine")).stdout), "fine\n");
+    vm.shutdown();
+
+    // The next VM makes a new template and restores it.
+    let vm = Vm::boot(&config).unwrap();
+    assert_eq!((vm.start(), vm.fallback()), (Start::Restored, None));
+    vm.shutdown();
+
+    // Truncated: seen before any restore is tried.
+    let ram = std::fs::OpenOptions::new().write(true).open(template.ram()).unwrap();
+    ram.set_len(1 << 20).unwrap();
+    let vm = Vm::boot(&config).unwrap();
+    assert_eq!(vm.start(), Start::Cold);
+    assert!(vm.fallback().unwrap().contains("truncated"), "{:?}", vm.fallback());
+    assert!(!template.dir().exists(), "the damaged template is gone");
+}
+
+#[test]
+fn a_template_is_remade_when_the_rootfs_changes() {
+    let cache = tempfile::tempdir().unwrap();
+    let rootfs = cache.path().join("rootfs.erofs");
+    std::fs::copy(vm_config().rootfs, &rootfs).unwrap();
+    let config = VmConfig { rootfs: rootfs.clone(), ..fresh_config(cache.path()) };
+    let vm = Vm::boot(&config).unwrap();
+    assert_eq!((vm.start(), vm.fallback()), (Start::Restored, None));
+    vm.shutdown();
+    let first = Template::locate(&config, config.accel).unwrap().dir();
+
+    // Rewritten in place with the same bytes: a new ctime, a new key.
+    let bytes = std::fs::read(&rootfs).unwrap();
+    std::fs::write(&rootfs, bytes).unwrap();
+    let vm = Vm::boot(&config).unwrap();
+    assert_eq!((vm.start(), vm.fallback()), (Start::Restored, None));
+    vm.shutdown();
+    let second = Template::locate(&config, config.accel).unwrap().dir();
+    assert_ne!(first, second);
+    let all = list(&config, config.accel).unwrap();
+    assert!(all.iter().any(|t| t.dir == second && t.current), "{all:?}");
+    assert!(all.iter().any(|t| t.dir == first && !t.current), "{all:?}");
+}
+
+fn vmexec(cache: &Path, tmp: &Path, args: &[&str]) -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_vmexec"));
+    command.args(args).env("XDG_CACHE_HOME", cache).env("TMPDIR", tmp);
+    command
+}
+
+fn accel_flag() -> [&'static str; 2] {
+    ["--accel", accel().name()]
+}
+
+/// What is in `dir`, lock files aside.
+fn entries(dir: &Path) -> Vec<String> {
+    let Ok(read) = std::fs::read_dir(dir) else { return Vec::new() };
+    let mut names: Vec<String> = read
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|name| !name.ends_with(".lock"))
+        .collect();
+    names.sort();
+    names
+}
+
+#[test]
+fn two_concurrent_first_runs_leave_one_good_template() {
+    let cache = tempfile::tempdir().unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let args = [&["run", "--json"][..], &accel_flag(), &["-c", "print(1)"]].concat();
+    let children: Vec<_> = (0..2)
+        .map(|_| {
+            vmexec(cache.path(), tmp.path(), &args)
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    for child in children {
+        let out = child.wait_with_output().unwrap();
+        assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert_eq!(v["stdout"].as_str(), Some("1\n"));
+    }
+    let templates = cache.path().join("pid1/templates");
+    assert_eq!(entries(&templates).len(), 1, "one template, no build leftovers: {:?}", entries(&templates));
+    let out = vmexec(cache.path(), tmp.path(), &args).output().unwrap();
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["start"].as_str(), Some("restored"), "{}", text(&out.stderr));
+}
+
+/// QEMU processes whose command line names `path`.
+fn qemu_naming(path: &Path) -> usize {
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .filter_map(|e| std::fs::read(e.ok()?.path().join("cmdline")).ok())
+        .filter(|cmdline| cmdline.starts_with(b"qemu") || cmdline.windows(4).any(|w| w == b"qemu"))
+        .filter(|cmdline| String::from_utf8_lossy(cmdline).contains(&*path.to_string_lossy()))
+        .count()
+}
+
+/// Waits until `ready` holds (or panics after a minute).
+fn wait_for(what: &str, ready: impl Fn() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !ready() {
+        assert!(Instant::now() < deadline, "never saw {what}");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+fn interrupt(mut child: std::process::Child) -> Output {
+    let pid = rustix::process::Pid::from_raw(child.id() as i32).unwrap();
+    rustix::process::kill_process(pid, rustix::process::Signal::INT).unwrap();
+    let status = child.wait().unwrap();
+    Output { status, stdout: Vec::new(), stderr: Vec::new() }
+}
+
+#[test]
+fn interrupting_a_template_build_or_a_restore_leaves_nothing_behind() {
+    let cache = tempfile::tempdir().unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let templates = cache.path().join("pid1/templates");
+
+    // During the build: once its VM runs.
+    let build = [&["template", "build"][..], &accel_flag()].concat();
+    let child = vmexec(cache.path(), tmp.path(), &build).stdout(Stdio::null()).spawn().unwrap();
+    wait_for("the template VM", || qemu_naming(cache.path()) == 1);
+    assert_eq!(interrupt(child).status.code(), Some(130));
+    wait_for("QEMU to go", || qemu_naming(cache.path()) == 0);
+    assert_eq!(entries(&templates), Vec::<String>::new(), "no template, whole or half");
+    assert_eq!(entries(tmp.path()), Vec::<String>::new(), "no socket or temp file");
+
+    // During a restore: as soon as its QEMU exists.
+    let config = VmConfig { cache_dir: cache.path().join("pid1"), ..fresh_config(cache.path()) };
+    ensure_template(&config);
+    let run = [&["run"][..], &accel_flag(), &["-l", "sh", "-c", "sleep 100"]].concat();
+    let child = vmexec(cache.path(), tmp.path(), &run).spawn().unwrap();
+    wait_for("the restoring QEMU", || qemu_naming(tmp.path()) == 1);
+    assert_eq!(interrupt(child).status.code(), Some(130));
+    wait_for("QEMU to go", || qemu_naming(tmp.path()) == 0);
+    assert_eq!(entries(tmp.path()), Vec::<String>::new(), "no socket or temp file");
+    let template = Template::locate(&config, config.accel).unwrap();
+    assert_eq!(template.check(&config), Ok(()), "the template is untouched");
+}
