@@ -1,7 +1,8 @@
-//! `just bench-boot`: boots pid1 VMs and, alternating with them, VMs whose
-//! init is a busybox `sh` script doing the same mounts and the same job
-//! (`/sbin/baseline-init`), and reports medians, spreads and ratios. Only
-//! ratios measured in one run mean anything on a noisy machine.
+//! `just bench-boot`: starts pid1 VMs cold and restored from their snapshot
+//! template, VMs whose init is a busybox `sh` script doing the same mounts
+//! and the same job (`/sbin/baseline-init`), and whole `vmexec run`s with
+//! and without `--cold`, all alternating; reports medians, spreads and
+//! ratios. Only ratios measured in one run mean anything on a noisy machine.
 
 use std::io::{BufRead, BufReader};
 use std::os::unix::net::UnixListener;
@@ -11,7 +12,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail};
 use clap::Parser;
 use vmhost::vm::{Console, Launch, Ram, die_with_parent, kernel_cmdline, qemu_command};
-use vmhost::{Accel, Job, Lang, Vm, VmConfig};
+use vmhost::{Accel, Job, Lang, Start, Vm, VmConfig};
 
 #[derive(Parser)]
 #[command(about = "Boot benchmark: pid1 against a busybox-sh init")]
@@ -24,7 +25,7 @@ struct Args {
 /// Picks one figure out of a run.
 type Metric = fn(&Pid1Run) -> f64;
 
-/// One pid1 boot, in milliseconds.
+/// One pid1 VM start, in milliseconds.
 struct Pid1Run {
     boot: f64,
     kernel: f64,
@@ -36,6 +37,10 @@ struct Pid1Run {
 fn pid1_run(config: &VmConfig, lang: Lang) -> Result<Pid1Run> {
     let spawned = Instant::now();
     let mut vm = Vm::boot(config)?;
+    let want = if config.cold { Start::Cold } else { Start::Restored };
+    if vm.start() != want {
+        bail!("wanted a {} VM, got a {} one: {:?}", want.name(), vm.start().name(), vm.fallback());
+    }
     let times = vm.times();
     let job =
         Job::new(lang, if lang == Lang::Python { "print('BENCH_OUTPUT')" } else { "echo BENCH_OUTPUT" });
@@ -90,6 +95,27 @@ fn baseline_run(config: &VmConfig, accel: Accel, lang: Lang) -> Result<f64> {
     seen.context("the baseline never printed its output")
 }
 
+/// One whole `vmexec run -c 'print(1)'`: process start to exit, in ms.
+fn vmexec_run(accel: Accel, cold: bool) -> Result<f64> {
+    let vmexec = std::env::current_exe()?.with_file_name("vmexec");
+    let mut command = std::process::Command::new(&vmexec);
+    command.args(["run", "--accel", accel.name(), "-c", "print(1)"]);
+    if cold {
+        command.arg("--cold");
+    }
+    let started = Instant::now();
+    let out = command.output().with_context(|| format!("running {}", vmexec.display()))?;
+    let ms = started.elapsed().as_secs_f64() * 1e3;
+    if out.stdout != b"1\n" || !out.stderr.is_empty() {
+        bail!(
+            "vmexec said {:?} / {:?}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    Ok(ms)
+}
+
 fn median(values: &[f64]) -> f64 {
     let mut v = values.to_vec();
     v.sort_by(f64::total_cmp);
@@ -106,19 +132,29 @@ fn spread(values: &[f64]) -> String {
 fn main() -> Result<()> {
     let args = Args::parse();
     let mut config = VmConfig::default();
-    // Resolve the accelerator once (probing KVM if need be) for both kinds.
+    // Resolve the accelerator once (probing KVM if need be) for every kind,
+    // and make the template before anything is timed.
     let probe = Vm::boot(&config)?;
     let accel = probe.accel();
     probe.shutdown();
     config.accel = accel;
+    let template = vmhost::template::Template::locate(&config, accel)?;
+    if template.check(&config).is_err() && !template.build(&config, accel)? {
+        bail!("another process is making the template; run again when it is done");
+    }
+    let cold = VmConfig { cold: true, ..config.clone() };
 
-    let mut pid1 = [Vec::new(), Vec::new()];
-    let mut baseline = [Vec::new(), Vec::new()];
+    // [python, shell] for each.
+    let (mut restored, mut booted, mut baseline) = ([vec![], vec![]], [vec![], vec![]], [vec![], vec![]]);
+    let (mut whole_restored, mut whole_cold) = (vec![], vec![]);
     for run in 0..args.runs {
         for (i, lang) in [Lang::Python, Lang::Shell].into_iter().enumerate() {
-            pid1[i].push(pid1_run(&config, lang)?);
+            booted[i].push(pid1_run(&cold, lang)?);
+            restored[i].push(pid1_run(&config, lang)?);
             baseline[i].push(baseline_run(&config, accel, lang)?);
         }
+        whole_cold.push(vmexec_run(accel, true)?);
+        whole_restored.push(vmexec_run(accel, false)?);
         eprintln!("bench-boot: run {}/{} done", run + 1, args.runs);
     }
 
@@ -128,33 +164,53 @@ fn main() -> Result<()> {
         args.runs, config.memory_mb
     );
     println!();
-    println!("| pid1, ms | python job: median | spread | shell job: median | spread |");
+    println!("| ms, median (spread) | cold | restored | restored / cold |");
+    println!("|---|---|---|---|");
+    let ready = |runs: &[Pid1Run]| runs.iter().map(|r| r.boot).collect::<Vec<f64>>();
+    let output = |runs: &[Pid1Run]| runs.iter().map(|r| r.to_output).collect::<Vec<f64>>();
+    let exec = |runs: &[Pid1Run]| runs.iter().map(|r| r.exec).collect::<Vec<f64>>();
+    let both =
+        |runs: &[Vec<Pid1Run>; 2]| ready(&runs[0]).into_iter().chain(ready(&runs[1])).collect::<Vec<f64>>();
+    let rows: [(&str, Vec<f64>, Vec<f64>); 6] = [
+        ("QEMU spawn → serving (Ready / Refresh answered)", both(&booted), both(&restored)),
+        ("QEMU spawn → first shell output", output(&booted[1]), output(&restored[1])),
+        ("QEMU spawn → first Python output", output(&booted[0]), output(&restored[0])),
+        ("first shell job (sent → exited)", exec(&booted[1]), exec(&restored[1])),
+        ("first Python job (sent → exited)", exec(&booted[0]), exec(&restored[0])),
+        ("`vmexec run -c 'print(1)'`, start → exit", whole_cold.clone(), whole_restored.clone()),
+    ];
+    for (name, c, r) in rows {
+        let (mc, mr) = (median(&c), median(&r));
+        println!("| {name} | {mc:.0} ({}) | {mr:.0} ({}) | {:.2}× |", spread(&c), spread(&r), mr / mc);
+    }
+    println!();
+    println!("| cold pid1, ms | python job: median | spread | shell job: median | spread |");
     println!("|---|---|---|---|---|");
-    let rows: [(&str, Metric); 5] = [
-        ("boot (QEMU spawn → Ready)", |r| r.boot),
+    let rows: [(&str, Metric); 3] = [
         ("kernel (boot → init start)", |r| r.kernel),
         ("init (start → Ready)", |r| r.init),
-        ("first job exec (sent → exited)", |r| r.exec),
         ("QEMU spawn → job output", |r| r.to_output),
     ];
     for (name, get) in rows {
-        let py: Vec<f64> = pid1[0].iter().map(get).collect();
-        let sh: Vec<f64> = pid1[1].iter().map(get).collect();
+        let py: Vec<f64> = booted[0].iter().map(get).collect();
+        let sh: Vec<f64> = booted[1].iter().map(get).collect();
         println!("| {name} | {:.1} | {} | {:.1} | {} |", median(&py), spread(&py), median(&sh), spread(&sh));
     }
     println!();
     println!(
-        "| QEMU spawn → job output, ms | pid1 median | baseline (busybox sh init) median | baseline / pid1 |"
+        "| QEMU spawn → job output, ms | cold pid1 | restored pid1 | busybox sh init | baseline / cold | baseline / restored |"
     );
-    println!("|---|---|---|---|");
+    println!("|---|---|---|---|---|---|");
     for (i, name) in ["python", "shell"].into_iter().enumerate() {
-        let ours: Vec<f64> = pid1[i].iter().map(|r| r.to_output).collect();
-        let (a, b) = (median(&ours), median(&baseline[i]));
+        let (c, r) = (output(&booted[i]), output(&restored[i]));
+        let (mc, mr, mb) = (median(&c), median(&r), median(&baseline[i]));
         println!(
-            "| {name} | {a:.0} ({}) | {b:.0} ({}) | {:.2}× |",
-            spread(&ours),
+            "| {name} | {mc:.0} ({}) | {mr:.0} ({}) | {mb:.0} ({}) | {:.2}× | {:.2}× |",
+            spread(&c),
+            spread(&r),
             spread(&baseline[i]),
-            b / a
+            mb / mc,
+            mb / mr
         );
     }
     Ok(())
