@@ -33,7 +33,7 @@ fi
 
 # The image is cached under a key over every input: the init, the package
 # list and versions, this script.
-key="$( { sha256sum "$init" "$here/packages.txt" "$here/baseline-init.sh" "$0"; ls "$debs"; } | sha256sum | cut -c1-16)"
+key="$( { sha256sum "$init" "$here/packages.txt" "$here/baseline-init.sh" "$here/zygote.py" "$0"; ls "$debs"; } | sha256sum | cut -c1-16)"
 image="$build/rootfs-$key.erofs"
 if [ -f "$image" ]; then
     ln -sfn "$(basename "$image")" "$build/rootfs.erofs"
@@ -66,6 +66,7 @@ ln -sf python3.11 "$root/usr/bin/python3"
 ln -sf python3 "$root/usr/bin/python"
 install -m 0755 "$init" "$root/sbin/init"
 install -m 0755 "$here/baseline-init.sh" "$root/sbin/baseline-init"
+install -D -m 0644 "$here/zygote.py" "$root/usr/lib/pid1/zygote.py"
 
 cat > "$root/etc/passwd" <<'PASSWD'
 root:x:0:0:root:/root:/bin/sh

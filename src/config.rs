@@ -27,13 +27,15 @@ pub struct JobConfig {
     pub home: &'static CStr,
     /// User and group the jobs run as, when the init runs as root.
     pub uid: u32,
+    /// The Python zygote's script; empty: no zygote.
+    pub zygote: &'static CStr,
 }
 
 /// The port a booted VM serves on: the first virtio-console port.
 pub const BOOT_PORT: &CStr = c"/dev/hvc0";
 
 pub const USAGE: &str = "usage: pid1 [--boot] [--port DEVICE] [--python PATH] \
-                         [--shell PATH] [--home DIR] [--uid N]";
+                         [--shell PATH] [--home DIR] [--uid N] [--zygote SCRIPT]";
 
 impl Config {
     pub fn parse(
@@ -48,6 +50,7 @@ impl Config {
                 shell: c"/bin/sh",
                 home: c"/home/user",
                 uid: 1000,
+                zygote: c"/usr/lib/pid1/zygote.py",
             },
         };
         for var in environ {
@@ -70,6 +73,7 @@ impl Config {
                 b"--python" => config.jobs.python = value,
                 b"--shell" => config.jobs.shell = value,
                 b"--home" => config.jobs.home = value,
+                b"--zygote" => config.jobs.zygote = value,
                 b"--uid" => config.jobs.uid = parse_u32(value.to_bytes()).ok_or("--uid: not a number")?,
                 _ => return Err("unknown flag"),
             }

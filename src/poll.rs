@@ -21,6 +21,8 @@ pub enum Token {
     Pipe(usize, Stream),
     /// A job's timer expired.
     Timer(usize),
+    /// The Python zygote replied.
+    Zygote,
 }
 
 impl Token {
@@ -33,6 +35,7 @@ impl Token {
             Token::Pipe(slot, Stream::Stdout) => (3, slot),
             Token::Pipe(slot, Stream::Stderr) => (4, slot),
             Token::Timer(slot) => (5, slot),
+            Token::Zygote => (6, 0),
         };
         kind | (slot as u64) << 8
     }
@@ -47,6 +50,7 @@ impl Token {
             3 => Token::Pipe(slot, Stream::Stdout),
             4 => Token::Pipe(slot, Stream::Stderr),
             5 => Token::Timer(slot),
+            6 => Token::Zygote,
             _ => return None,
         })
     }
@@ -109,10 +113,11 @@ mod tests {
             Token::Pipe(0, Stream::Stdout),
             Token::Pipe(last, Stream::Stderr),
             Token::Timer(last),
+            Token::Zygote,
         ] {
             assert_eq!(Token::decode(token.encode(), 16), Some(token));
         }
-        assert_eq!(Token::decode(6, 16), None);
+        assert_eq!(Token::decode(7, 16), None);
         assert_eq!(Token::decode(Token::Timer(16).encode(), 16), None);
     }
 }

@@ -83,6 +83,8 @@ pub fn run(args: Args) -> ! {
         }
     };
     server.tx.send(&Event::Ready { version: proto::VERSION, start_ns, ready_ns: sys::boottime_ns() });
+    // After Ready: the zygote's start must not delay it.
+    server.jobs.start_zygote(&server.poll);
     server.serve()
 }
 
@@ -118,6 +120,7 @@ impl Server {
                     Token::Signals => self.read_signals(),
                     Token::Pipe(slot, stream) => self.jobs.on_pipe(slot, stream, &mut self.tx),
                     Token::Timer(slot) => self.jobs.on_timer(slot, &mut self.tx),
+                    Token::Zygote => self.jobs.on_zygote(&mut self.tx),
                 }
             }
             self.tx.flush();
@@ -181,8 +184,13 @@ impl Server {
                 Request::Run(run) => (run.job, self.jobs.open(&run)),
                 Request::Code { job, data } => match self.jobs.load(job, data, &self.poll) {
                     Ok(Some(pid)) => {
-                        // Pids are positive ints.
-                        self.tx.send(&Event::Started { job, pid: pid.as_raw_pid().unsigned_abs() });
+                        // Forked from the zygote: `Started` once it says
+                        // which process leads the job.
+                        if let Some(pid) = pid {
+                            self.tx.send(&Event::Started { job, pid: pid.as_raw_pid().unsigned_abs() });
+                        }
+                        // A zygote that died comes back for the next job.
+                        self.jobs.start_zygote(&self.poll);
                         continue;
                     }
                     loaded => (job, loaded.map(drop)),
@@ -291,7 +299,12 @@ impl Server {
 
 /// The counters a `Pong` carries.
 fn stats(jobs: &Jobs, orphans_reaped: u32) -> Stats {
-    Stats { jobs_active: jobs.active(), jobs_started: jobs.started, orphans_reaped }
+    Stats {
+        jobs_active: jobs.active(),
+        jobs_started: jobs.started,
+        orphans_reaped,
+        zygote: jobs.zygote_ready(),
+    }
 }
 
 fn error(tx: &mut Tx, job: Option<u32>, kind: ErrorKind, message: &str) {

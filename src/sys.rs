@@ -131,6 +131,22 @@ pub fn kill_all() {
     let _ = kill(-1, Signal::KILL);
 }
 
+/// `kill(-1, SIGKILL)` as user `uid`: every process of that user, and no
+/// other. The real and effective uids become `uid` for the one call, the
+/// saved uid stays root, so that the next call takes root back (and, as
+/// the saved uid is root, keeps the capabilities); outside root, the
+/// plain `kill(-1)`.
+pub fn kill_all_of(uid: u32) {
+    let as_user = rustix::process::Uid::from_raw(uid);
+    if rustix::thread::set_thread_res_uid(as_user, as_user, rustix::process::Uid::ROOT).is_err() {
+        kill_all();
+        return;
+    }
+    kill_all();
+    let root = rustix::process::Uid::ROOT;
+    let _ = rustix::thread::set_thread_res_uid(root, root, root);
+}
+
 /// rustix's `kill` takes only the named signals; a host may send any.
 fn kill(target: i32, signal: Signal) -> Result<()> {
     // Sign-extended, as the kernel reads the pid argument as an int.

@@ -23,6 +23,8 @@ pub struct Job {
     pub timeout: Option<Duration>,
     pub stdout_limit: u32,
     pub stderr_limit: u32,
+    /// Python: exec a fresh `python3` rather than fork the warm zygote.
+    pub fresh: bool,
 }
 
 impl Job {
@@ -35,6 +37,7 @@ impl Job {
             timeout: Some(Duration::from_secs(30)),
             stdout_limit: proto::DEFAULT_OUTPUT_LIMIT,
             stderr_limit: proto::DEFAULT_OUTPUT_LIMIT,
+            fresh: false,
         }
     }
 
@@ -187,6 +190,7 @@ impl Agent {
             timeout_ms,
             stdout_limit: job.stdout_limit,
             stderr_limit: job.stderr_limit,
+            fresh: job.fresh,
         };
         let mut frames = postcard::to_stdvec_cobs(&Request::Run(run)).map_err(AgentError::Encode)?;
         for chunk in job.code.chunks(proto::MAX_CHUNK) {

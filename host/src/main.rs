@@ -84,6 +84,9 @@ struct RunArgs {
     /// Boot the kernel instead of restoring the snapshot template.
     #[arg(long)]
     cold: bool,
+    /// Python: exec a fresh interpreter instead of forking the warm one.
+    #[arg(long)]
+    fresh: bool,
     #[command(flatten)]
     vm: VmArgs,
 }
@@ -248,6 +251,7 @@ fn run(args: RunArgs) -> Result<ExitCode, Failure> {
     job.timeout = (args.timeout > 0.0).then(|| Duration::from_secs_f64(args.timeout));
     job.stdout_limit = args.output_limit;
     job.stderr_limit = args.output_limit;
+    job.fresh = args.fresh;
 
     let config = VmConfig { cold: args.cold, ..args.vm.config() };
     let started = Instant::now();

@@ -25,7 +25,11 @@ use crate::qmp::QmpError;
 use crate::vm::{Console, Launch, Ram, Vm, VmConfig, qemu_args, shell_quote};
 
 /// First line of every key; bumped when what a template holds changes.
-const FORMAT: &str = "pid1 template 2";
+const FORMAT: &str = "pid1 template 3";
+
+/// How long the Python zygote may take to be ready after the init's
+/// Ready (about a second under TCG).
+const ZYGOTE_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// How long saving the device state may take (it took 13 ms in a probe).
 const SAVE_TIMEOUT: Duration = Duration::from_secs(30);
@@ -65,6 +69,8 @@ pub enum TemplateError {
     WarmUp(#[source] AgentError),
     #[error("the warm-up job exited with {0}")]
     WarmUpExit(i32),
+    #[error("the Python zygote was not ready in time")]
+    NoZygote,
     #[error("QEMU's monitor failed to {step}")]
     Qmp {
         step: &'static str,
@@ -168,8 +174,16 @@ impl Template {
         if shell.code() != 0 {
             return Err(TemplateError::WarmUpExit(shell.code()));
         }
-        // The guest is idle: every job reaped, every event read.
-        vm.agent().ping().map_err(TemplateError::WarmUp)?;
+        // The zygote is up (a template without one would restore VMs
+        // whose first Python jobs pay for a fresh interpreter), and the
+        // guest is idle: every job reaped, every event read.
+        let deadline = Instant::now() + ZYGOTE_TIMEOUT;
+        while !vm.agent().ping().map_err(TemplateError::WarmUp)?.zygote {
+            if Instant::now() > deadline {
+                return Err(TemplateError::NoZygote);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
         let qmp = vm.qmp.as_mut().expect("a template VM has QMP");
         let step = |step| move |source| TemplateError::Qmp { step, source };
         qmp.execute("stop", serde_json::json!({})).map_err(step("pause the VM"))?;

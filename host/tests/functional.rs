@@ -5,13 +5,12 @@ mod common;
 
 use std::time::Duration;
 
-use common::{Init, Mode, text};
+use common::{Init, Mode, Python, text};
 use proto::{Exit, Stream};
 use vmhost::{GuestEvent, Job};
 
-#[test]
-fn python_and_shell_hello() {
-    let mut init = Init::start(Mode::Subreaper);
+fn python_and_shell_hello(py: Python) {
+    let mut init = Init::start_on(py, Mode::Subreaper);
     let out = init.python("print('hello from python')");
     assert_eq!(text(&out.stdout), "hello from python\n");
     assert_eq!((out.exit, out.stderr.len()), (Exit::Code(0), 0));
@@ -22,9 +21,8 @@ fn python_and_shell_hello() {
     assert!(out.pid > 1);
 }
 
-#[test]
-fn exit_codes_and_signals() {
-    let mut init = Init::start(Mode::Subreaper);
+fn exit_codes_and_signals(py: Python) {
+    let mut init = Init::start_on(py, Mode::Subreaper);
     assert_eq!(init.shell("exit 3").code(), 3);
     assert_eq!(init.python("import sys; sys.exit(42)").code(), 42);
     let out = init.python("raise SystemExit('bad')");
@@ -37,9 +35,8 @@ fn exit_codes_and_signals() {
     assert_eq!(out.code(), 139, "a real SIGSEGV: {}", text(&out.stderr));
 }
 
-#[test]
-fn output_streams_in_order_as_produced() {
-    let mut init = Init::start(Mode::Subreaper);
+fn output_streams_in_order_as_produced(py: Python) {
+    let mut init = Init::start_on(py, Mode::Subreaper);
     // The job writes its next line only once the host has seen the previous
     // one: output must reach the host while the job still runs, in order.
     let acks = init.home.path().to_owned();
@@ -75,9 +72,8 @@ fn output_streams_in_order_as_produced() {
     assert_eq!(text(&out.stdout), "one\nthree\n");
 }
 
-#[test]
-fn output_is_byte_exact_up_to_one_mib() {
-    let mut init = Init::start(Mode::Subreaper);
+fn output_is_byte_exact_up_to_one_mib(py: Python) {
+    let mut init = Init::start_on(py, Mode::Subreaper);
     let out = init.python("import sys; sys.stdout.buffer.write(bytes(range(256)) * 4096)");
     let want: Vec<u8> = (0..=255u8).cycle().take(1 << 20).collect();
     assert_eq!(out.stdout.len(), 1 << 20);
@@ -87,9 +83,8 @@ fn output_is_byte_exact_up_to_one_mib() {
     assert_eq!(out.stdout, b"a\0b\r\nc");
 }
 
-#[test]
-fn output_past_the_limit_is_dropped_and_flagged() {
-    let mut init = Init::start(Mode::Subreaper);
+fn output_past_the_limit_is_dropped_and_flagged(py: Python) {
+    let mut init = Init::start_on(py, Mode::Subreaper);
     let mut job = Job::python("import sys; sys.stdout.write('x' * 5000); sys.stderr.write('y' * 10)");
     job.stdout_limit = 1000;
     job.stderr_limit = 5;
@@ -103,9 +98,8 @@ fn output_past_the_limit_is_dropped_and_flagged() {
     assert!(!out.stdout_truncated);
 }
 
-#[test]
-fn timeout_kills_the_whole_tree_and_keeps_partial_output() {
-    let mut init = Init::start(Mode::Pid1);
+fn timeout_kills_the_whole_tree_and_keeps_partial_output(py: Python) {
+    let mut init = Init::start_on(py, Mode::Pid1);
     let mut job = Job::shell(
         "echo started; sh -c 'sleep 100; echo never' & sleep 100 & \
          python3 -c 'import subprocess; subprocess.Popen([\"sleep\", \"100\"]); subprocess.run([\"sleep\", \"100\"])' & \
@@ -116,17 +110,18 @@ fn timeout_kills_the_whole_tree_and_keeps_partial_output() {
     assert!(out.timed_out);
     assert_eq!(text(&out.stdout), "started\n");
     assert_eq!(out.exit, Exit::Signal(15), "the leader died of the SIGTERM");
-    // Nothing of the job survives: only the init and the scanning job.
+    // Nothing of the job survives: no process of the job user but the
+    // scanning job.
     let out = init.python(
         "import os\n\
-         print(sorted(int(p) for p in os.listdir('/proc') if p.isdigit() and int(p) != os.getpid()))",
+         print(sorted(int(p) for p in os.listdir('/proc') if p.isdigit() and int(p) != os.getpid()\n\
+                      and os.stat(f'/proc/{p}').st_uid == os.getuid()))",
     );
-    assert_eq!(text(&out.stdout), "[1]\n");
+    assert_eq!(text(&out.stdout), "[]\n");
 }
 
-#[test]
-fn sigterm_ignoring_job_is_killed_after_the_grace() {
-    let mut init = Init::start(Mode::Subreaper);
+fn sigterm_ignoring_job_is_killed_after_the_grace(py: Python) {
+    let mut init = Init::start_on(py, Mode::Subreaper);
     let mut job = Job::python(
         "import signal, time\nsignal.signal(signal.SIGTERM, signal.SIG_IGN)\nprint('up', flush=True)\ntime.sleep(100)",
     );
@@ -136,24 +131,22 @@ fn sigterm_ignoring_job_is_killed_after_the_grace() {
     assert_eq!((text(&out.stdout), out.exit), ("up\n".into(), Exit::Signal(9)));
 }
 
-#[test]
-fn background_process_holding_stdout_does_not_hang_the_job() {
-    let mut init = Init::start(Mode::Pid1);
+fn background_process_holding_stdout_does_not_hang_the_job(py: Python) {
+    let mut init = Init::start_on(py, Mode::Pid1);
     let out = init.shell("sleep 100 & echo done");
     assert_eq!((text(&out.stdout), out.exit, out.timed_out), ("done\n".into(), Exit::Code(0), false));
-    // The holder was killed with the job's group: only the init and the
-    // scanning job are left in the namespace.
+    // The holder was killed with the job's group: no process of the job
+    // user is left but the scanning job.
     let out = init.python(
         "import os\n\
          print([open(f'/proc/{p}/comm').read().strip() for p in os.listdir('/proc')\n\
-                if p.isdigit() and int(p) not in (1, os.getpid())])",
+                if p.isdigit() and int(p) not in (1, os.getpid()) and os.stat(f'/proc/{p}').st_uid == os.getuid()])",
     );
     assert_eq!(text(&out.stdout), "[]\n");
 }
 
-#[test]
-fn code_of_one_mib_runs() {
-    let mut init = Init::start(Mode::Subreaper);
+fn code_of_one_mib_runs(py: Python) {
+    let mut init = Init::start_on(py, Mode::Subreaper);
     let line = "x = 'a fairly long line of python that assigns a string'\n";
     let mut code = line.repeat((proto::MAX_CODE as usize - 100) / line.len());
     code.push_str("print(len(open('/proc/self/fd/3').read()))\n");
@@ -165,9 +158,8 @@ fn code_of_one_mib_runs() {
     assert_eq!(text(&init.shell(&script).stdout), "2\n");
 }
 
-#[test]
-fn jobs_run_concurrently() {
-    let mut init = Init::start(Mode::Subreaper);
+fn jobs_run_concurrently(py: Python) {
+    let mut init = Init::start_on(py, Mode::Subreaper);
     let dir = init.home.path().to_owned();
     // The first job can only finish if the second runs at the same time.
     let waiter = Job::python(format!(
@@ -190,9 +182,8 @@ fn jobs_run_concurrently() {
     assert_eq!((stats.jobs_started, stats.jobs_active), (6, 0));
 }
 
-#[test]
-fn signal_request_reaches_the_job() {
-    let mut init = Init::start(Mode::Subreaper);
+fn signal_request_reaches_the_job(py: Python) {
+    let mut init = Init::start_on(py, Mode::Subreaper);
     let id = init.agent.submit(&Job::shell("echo ready; sleep 100")).unwrap();
     // Wait until it runs, then kill it.
     loop {
@@ -207,9 +198,8 @@ fn signal_request_reaches_the_job() {
     assert_eq!((out.exit, out.timed_out), (Exit::Signal(9), false));
 }
 
-#[test]
-fn env_cwd_home_and_stdin() {
-    let mut init = Init::start(Mode::Subreaper);
+fn env_cwd_home_and_stdin(py: Python) {
+    let mut init = Init::start_on(py, Mode::Subreaper);
     let mut job = Job::shell("echo \"$GREETING|$HOME|$(pwd)|$PATH\"; cat; echo end");
     job.env = vec![("GREETING".into(), "hi there".into()), ("PATH".into(), "/bin:/usr/bin".into())];
     job.cwd = Some("/tmp".into());
@@ -220,18 +210,50 @@ fn env_cwd_home_and_stdin() {
     assert_eq!(text(&out.stdout), format!("{home}\n"), "home is the default working directory");
 }
 
+// No python3, no zygote: the exec path only.
 #[test]
 fn missing_interpreter_exits_127_with_a_message() {
-    let mut init = Init::start_with(Mode::Subreaper, &["--python", "/nonexistent/python3"]);
+    let py = Python::Exec;
+    let mut init = Init::start_with_on(py, Mode::Subreaper, &["--python", "/nonexistent/python3"]);
     let out = init.python("print(1)");
     assert_eq!(out.code(), 127);
     assert!(text(&out.stderr).contains("cannot execute \"/nonexistent/python3\""), "{}", text(&out.stderr));
     assert_eq!(text(&init.shell("echo still fine").stdout), "still fine\n");
 }
 
-#[test]
-fn end_of_the_port_shuts_the_init_down() {
-    let init = Init::start(Mode::Subreaper);
+fn end_of_the_port_shuts_the_init_down(py: Python) {
+    let init = Init::start_on(py, Mode::Subreaper);
     let status = init.shutdown();
     assert!(status.success(), "{status}");
 }
+
+/// The paths are what they say: a forked job finds the zygote's modules
+/// loaded, an exec'd one (or one that asks for `fresh`) does not.
+fn python_jobs_take_the_path_asked_for(py: Python) {
+    let mut init = Init::start_on(py, Mode::Subreaper);
+    let probe = "import sys; print('json' in sys.modules)";
+    let forked = if py == Python::Zygote { "True\n" } else { "False\n" };
+    assert_eq!(text(&init.python(probe).stdout), forked);
+    let fresh = Job { fresh: true, ..Job::python(probe) };
+    assert_eq!(text(&init.run(&fresh).stdout), "False\n");
+    let mut hashseed = Job::python(probe);
+    hashseed.env = vec![("PYTHONHASHSEED".into(), "0".into())];
+    assert_eq!(text(&init.run(&hashseed).stdout), "False\n", "PYTHON* variables take the exec path");
+}
+
+both_paths!(
+    python_jobs_take_the_path_asked_for,
+    python_and_shell_hello,
+    exit_codes_and_signals,
+    output_streams_in_order_as_produced,
+    output_is_byte_exact_up_to_one_mib,
+    output_past_the_limit_is_dropped_and_flagged,
+    timeout_kills_the_whole_tree_and_keeps_partial_output,
+    sigterm_ignoring_job_is_killed_after_the_grace,
+    background_process_holding_stdout_does_not_hang_the_job,
+    code_of_one_mib_runs,
+    jobs_run_concurrently,
+    signal_request_reaches_the_job,
+    env_cwd_home_and_stdin,
+    end_of_the_port_shuts_the_init_down,
+);

@@ -6,7 +6,7 @@
 
 mod common;
 
-use common::{Init, Mode, ZOMBIE_SCAN, double_forks, text};
+use common::{Init, Mode, Python, ZOMBIE_SCAN, double_forks, text};
 
 /// Runs `spawner`, then the zombie scan; returns the scan's line and how
 /// many orphans the init counted meanwhile.
@@ -19,9 +19,8 @@ fn orphans_then_scan(init: &mut Init, spawner: &str, shell: bool) -> (String, u3
     (text(&scan.stdout).trim().to_owned(), reaped)
 }
 
-#[test]
-fn double_forked_orphan_is_adopted_by_pid_1() {
-    let mut init = Init::start(Mode::Pid1);
+fn double_forked_orphan_is_adopted_by_pid_1(py: Python) {
+    let mut init = Init::start_on(py, Mode::Pid1);
     let out = init.python(
         "import os, time\n\
          r, w = os.pipe()\n\
@@ -39,9 +38,8 @@ fn double_forked_orphan_is_adopted_by_pid_1() {
     assert_eq!(text(&out.stdout), "ORPHAN_PPID:1\n");
 }
 
-#[test]
-fn one_twenty_and_fifty_orphans_leave_no_zombie() {
-    let mut init = Init::start(Mode::Pid1);
+fn one_twenty_and_fifty_orphans_leave_no_zombie(py: Python) {
+    let mut init = Init::start_on(py, Mode::Pid1);
     for n in [1u32, 20, 50] {
         let (scan, reaped) = orphans_then_scan(&mut init, &double_forks(n as usize), false);
         assert_eq!(scan, "ZOMBIE_COUNT:0", "after {n} orphans");
@@ -49,18 +47,16 @@ fn one_twenty_and_fifty_orphans_leave_no_zombie() {
     }
 }
 
-#[test]
-fn shell_orphans_leave_no_zombie() {
-    let mut init = Init::start(Mode::Pid1);
+fn shell_orphans_leave_no_zombie(py: Python) {
+    let mut init = Init::start_on(py, Mode::Pid1);
     let spawner = "for i in 1 2 3; do sh -c 'sh -c \"sleep 0.1\" &'; done; sleep 0.4";
     let (scan, reaped) = orphans_then_scan(&mut init, spawner, true);
     assert_eq!(scan, "ZOMBIE_COUNT:0");
     assert!(reaped >= 3, "{reaped} shell orphans reaped");
 }
 
-#[test]
-fn subreaper_reaps_orphans_outside_a_namespace() {
-    let mut init = Init::start(Mode::Subreaper);
+fn subreaper_reaps_orphans_outside_a_namespace(py: Python) {
+    let mut init = Init::start_on(py, Mode::Subreaper);
     let before = init.agent.ping().unwrap().orphans_reaped;
     let out = init.python(&double_forks(10));
     assert_eq!(text(&out.stdout), "SPAWNED:10\n");
@@ -76,27 +72,36 @@ fn subreaper_reaps_orphans_outside_a_namespace() {
     assert_eq!(reaped, 10);
 }
 
-#[test]
-fn nothing_outlives_its_job_when_the_init_is_idle() {
-    let mut init = Init::start(Mode::Pid1);
+fn nothing_outlives_its_job_when_the_init_is_idle(py: Python) {
+    let mut init = Init::start_on(py, Mode::Pid1);
     // A daemon leaves the job's session and process group, so the group
     // kill cannot reach it.
     let out = init.shell("setsid sh -c 'sleep 100' & sleep 0.2; echo started");
     assert_eq!(text(&out.stdout), "started\n");
+    // Any process of the job user but the scanning job would be a leftover.
     let out = init.python(
         "import os\n\
-         others = [p for p in os.listdir('/proc') if p.isdigit() and int(p) not in (1, os.getpid())]\n\
+         others = [p for p in os.listdir('/proc') if p.isdigit() and int(p) not in (1, os.getpid())\n\
+                   and os.stat(f'/proc/{p}').st_uid == os.getuid()]\n\
          print([open(f'/proc/{p}/comm').read().strip() for p in others])",
     );
     assert_eq!(text(&out.stdout), "[]\n");
 }
 
-#[test]
-fn shutdown_as_pid_1_ends_every_process() {
-    let mut init = Init::start(Mode::Pid1);
+fn shutdown_as_pid_1_ends_every_process(py: Python) {
+    let mut init = Init::start_on(py, Mode::Pid1);
     let mut job = vmhost::Job::shell("setsid sleep 100 & echo started");
     job.timeout = None;
     assert_eq!(text(&init.run(&job).stdout), "started\n");
     let status = init.shutdown();
     assert!(status.success(), "unshare reports the init's exit: {status}");
 }
+
+both_paths!(
+    double_forked_orphan_is_adopted_by_pid_1,
+    one_twenty_and_fifty_orphans_leave_no_zombie,
+    shell_orphans_leave_no_zombie,
+    subreaper_reaps_orphans_outside_a_namespace,
+    nothing_outlives_its_job_when_the_init_is_idle,
+    shutdown_as_pid_1_ends_every_process,
+);

@@ -3,12 +3,11 @@
 
 mod common;
 
-use common::{Init, Mode, is_root, text};
+use common::{Init, Mode, Python, is_root, text};
 
-#[test]
-fn jobs_run_unprivileged_with_no_new_privs() {
+fn jobs_run_unprivileged_with_no_new_privs(py: Python) {
     assert!(is_root(), "run as root: the init drops to uid 1000 only when it has root to drop");
-    let mut init = Init::start(Mode::Subreaper);
+    let mut init = Init::start_on(py, Mode::Subreaper);
     let out = init.python(
         "import os, resource\n\
          print(os.getuid(), os.geteuid(), os.getgid(), os.getgroups())\n\
@@ -22,9 +21,8 @@ fn jobs_run_unprivileged_with_no_new_privs() {
     assert!(!std::path::Path::new("/etc/pid1-test").exists());
 }
 
-#[test]
-fn jobs_see_only_their_standard_descriptors_and_the_code() {
-    let mut init = Init::start(Mode::Subreaper);
+fn jobs_see_only_their_standard_descriptors_and_the_code(py: Python) {
+    let mut init = Init::start_on(py, Mode::Subreaper);
     let out = init.python("import os; print(sorted(int(f) for f in os.listdir('/proc/self/fd')))");
     // 0-2, the code on 3, and the descriptor listdir itself opened.
     assert_eq!(text(&out.stdout), "[0, 1, 2, 3, 4]\n");
@@ -32,17 +30,22 @@ fn jobs_see_only_their_standard_descriptors_and_the_code() {
     assert_eq!(text(&out.stdout), "/dev/null\n");
 }
 
-#[test]
-fn jobs_get_default_signal_handling() {
-    let mut init = Init::start(Mode::Subreaper);
+fn jobs_get_default_signal_handling(py: Python) {
+    let mut init = Init::start_on(py, Mode::Subreaper);
     // Neither the init's blocked mask nor an ignored disposition leaks in.
     let out = init.shell("grep -E '^Sig(Blk|Ign)' /proc/self/status");
     assert_eq!(text(&out.stdout), "SigBlk:\t0000000000000000\nSigIgn:\t0000000000000000\n");
 }
 
-#[test]
-fn each_job_is_its_own_session() {
-    let mut init = Init::start(Mode::Subreaper);
+fn each_job_is_its_own_session(py: Python) {
+    let mut init = Init::start_on(py, Mode::Subreaper);
     let out = init.python("import os; print(os.getsid(0) == os.getpid(), os.getpgid(0) == os.getpid())");
     assert_eq!(text(&out.stdout), "True True\n");
 }
+
+both_paths!(
+    jobs_run_unprivileged_with_no_new_privs,
+    jobs_see_only_their_standard_descriptors_and_the_code,
+    jobs_get_default_signal_handling,
+    each_job_is_its_own_session,
+);

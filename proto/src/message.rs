@@ -56,6 +56,9 @@ pub struct Run<'a> {
     pub stdout_limit: u32,
     /// Bytes of stderr forwarded before the rest is dropped and flagged.
     pub stderr_limit: u32,
+    /// Python only: exec a fresh interpreter even where a warm one (the
+    /// zygote) could be forked.
+    pub fresh: bool,
 }
 
 /// One environment variable of a job.
@@ -191,4 +194,6 @@ pub struct Stats {
     pub jobs_started: u32,
     /// Processes reaped that were not a job's leader.
     pub orphans_reaped: u32,
+    /// The Python zygote is up: Python jobs are forked from it.
+    pub zygote: bool,
 }

@@ -40,10 +40,11 @@ fn run() {
         timeout_ms: 5000,
         stdout_limit: 1 << 20,
         stderr_limit: 1 << 20,
+        fresh: false,
     });
     let frame = [
         0x01, 0x02, 0x01, 0x07, 0x0c, 0x01, 0x01, 0x41, 0x01, 0x31, 0x09, 0x88, 0x27, 0x80, 0x80, 0x40, 0x80,
-        0x80, 0x40, 0x00,
+        0x80, 0x40, 0x01, 0x00,
     ];
     golden(&msg, &frame, request);
 }
@@ -131,8 +132,8 @@ fn error_and_pong() {
         0x00,
     ];
     golden(&msg, &frame, event);
-    let stats = Stats { jobs_active: 0, jobs_started: 2, orphans_reaped: 50 };
-    golden(&Event::Pong { seq: 7, stats }, &[0x03, 0x05, 0x07, 0x03, 0x02, 0x32, 0x00], event);
+    let stats = Stats { jobs_active: 0, jobs_started: 2, orphans_reaped: 50, zygote: true };
+    golden(&Event::Pong { seq: 7, stats }, &[0x03, 0x05, 0x07, 0x04, 0x02, 0x32, 0x01, 0x00], event);
 }
 
 #[test]

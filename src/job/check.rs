@@ -102,6 +102,7 @@ pub fn sample_run<'a>(env: &[proto::Env<'a>], cwd: Option<&'a str>) -> Run<'a> {
         timeout_ms: 0,
         stdout_limit: 10,
         stderr_limit: 10,
+        fresh: false,
     }
 }
 

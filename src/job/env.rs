@@ -5,6 +5,8 @@
 // value is the price, paid only on the error path.
 #![allow(clippy::result_large_err)]
 
+use core::ffi::CStr;
+
 use proto::Run;
 
 use super::check::{Refusal, refuse};
@@ -28,15 +30,15 @@ pub struct EnvBlock {
 
 /// Variables every job gets unless it sets them itself. HOME is added from
 /// the configured home.
-pub const DEFAULT_ENV: [(&str, &str); 6] = [
-    ("PATH", "/usr/local/bin:/usr/bin:/bin"),
-    ("LANG", "C.UTF-8"),
-    ("USER", "user"),
-    ("TMPDIR", "/tmp"),
+pub const DEFAULT_ENV: [&CStr; 6] = [
+    c"PATH=/usr/local/bin:/usr/bin:/bin",
+    c"LANG=C.UTF-8",
+    c"USER=user",
+    c"TMPDIR=/tmp",
     // Output streams as it is produced instead of at exit.
-    ("PYTHONUNBUFFERED", "1"),
+    c"PYTHONUNBUFFERED=1",
     // The root is read-only; do not even try to write bytecode.
-    ("PYTHONDONTWRITEBYTECODE", "1"),
+    c"PYTHONDONTWRITEBYTECODE=1",
 ];
 
 impl EnvBlock {
@@ -56,9 +58,11 @@ impl EnvBlock {
                 self.push(&[var.name.as_bytes(), b"=", var.value.as_bytes()]).ok_or_else(full)?;
             }
         }
-        for (name, value) in DEFAULT_ENV {
-            if self.find(name.as_bytes()).is_none() {
-                self.push(&[name.as_bytes(), b"=", value.as_bytes()]).ok_or_else(full)?;
+        for var in DEFAULT_ENV {
+            let var = var.to_bytes();
+            let name = var.split(|&b| b == b'=').next().unwrap_or(var);
+            if self.find(name).is_none() {
+                self.push(&[var]).ok_or_else(full)?;
             }
         }
         if self.find(b"HOME").is_none() {
@@ -99,6 +103,12 @@ impl EnvBlock {
         self.bytes[self.len] = 0;
         self.len += 1;
         Some(())
+    }
+
+    /// The variables, then the working directory if there is one, each
+    /// NUL-terminated, back to back.
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.bytes[..self.len]
     }
 
     /// `NAME=value` of each variable, NUL-terminated.

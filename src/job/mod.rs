@@ -14,6 +14,7 @@ pub mod check;
 pub mod env;
 pub mod machine;
 mod spawn;
+pub mod zygote;
 
 use core::mem;
 
@@ -27,6 +28,7 @@ use rustix::time::{Itimerspec, TimerfdClockId, TimerfdFlags, TimerfdTimerFlags, 
 use self::check::{CodeCheck, Refusal, refuse};
 use self::env::EnvBlock;
 use self::machine::{Machine, STREAMS, Sink, Step, Streams};
+use self::zygote::{Reply, Zygote};
 use crate::config::JobConfig;
 use crate::error::{Os, describe};
 use crate::log;
@@ -86,13 +88,21 @@ pub struct Loading {
     check: CodeCheck,
     timeout_ms: u32,
     limits: Streams<u32>,
+    /// May be forked from the zygote (see [`zygote_may_run`]).
+    zygote: bool,
 }
 
 /// A job whose interpreter was forked.
 pub struct Running {
     pub id: u32,
-    /// The leader, which is also the process group id.
-    pid: Pid,
+    /// The leader, which is also the process group id; `None` while the
+    /// zygote has not said which process it forked.
+    pid: Option<Pid>,
+    /// What the zygote opens through /proc (code, stdout, stderr), held
+    /// until it has.
+    handoff: Option<[OwnedFd; 3]>,
+    /// A signal asked for before the pid was known.
+    pending: Option<Signal>,
     /// The read ends; `None` once at end of file.
     pipes: Streams<Option<OwnedFd>>,
     timer: OwnedFd,
@@ -107,9 +117,14 @@ impl Running {
     /// (ESRCH): the leader is then the whole job, and gets the signal alone
     /// (held pending by its inherited mask until just before exec). Once the
     /// leader is reaped its pid may be reused, so it is never signalled alone.
-    fn signal(&self, signal: Signal) -> rustix::io::Result<()> {
-        match sys::kill_group(self.pid, signal) {
-            Err(Errno::SRCH) if self.machine.leader.is_none() => sys::kill_process(self.pid, signal),
+    fn signal(&mut self, signal: Signal) -> rustix::io::Result<()> {
+        let Some(pid) = self.pid else {
+            // Not forked yet: sent once it is.
+            self.pending = Some(signal);
+            return Ok(());
+        };
+        match sys::kill_group(pid, signal) {
+            Err(Errno::SRCH) if self.machine.leader.is_none() => sys::kill_process(pid, signal),
             result => result,
         }
     }
@@ -165,6 +180,22 @@ pub struct Jobs {
     paused: bool,
     /// Jobs started since boot.
     pub started: u32,
+    pub zygote: Option<Zygote>,
+    /// Processes reaped while a zygote job's pid was not known yet: one of
+    /// them may be its leader, which exited at once.
+    early: heapless::Deque<(Pid, Exit), 8>,
+}
+
+/// Whether a job may be forked from the zygote: a Python job that did not
+/// ask for a fresh interpreter, and not if it sets a variable that changes how Python starts (`PYTHON*`, which
+/// the zygote read at its own start) or how it decodes (`LANG`, `LC_*`).
+fn zygote_may_run(run: &Run<'_>) -> bool {
+    run.lang == Lang::Python
+        && !run.fresh
+        && !run.env.iter().any(|var| {
+            let name = var.name.as_bytes();
+            name.starts_with(b"PYTHON") || name.starts_with(b"LC_") || name == b"LANG"
+        })
 }
 
 impl Jobs {
@@ -172,7 +203,13 @@ impl Jobs {
     pub fn new(config: JobConfig, owns_all: bool) -> Option<Jobs> {
         let Memory { envs, output } = MEMORY.take()?;
         let states = [const { JobState::Free }; MAX_JOBS];
-        Some(Jobs { states, envs, output, config, owns_all, paused: false, started: 0 })
+        let early = heapless::Deque::new();
+        Some(Jobs { states, envs, output, config, owns_all, paused: false, started: 0, zygote: None, early })
+    }
+
+    /// Python jobs are forked from a zygote now.
+    pub fn zygote_ready(&self) -> bool {
+        self.zygote.as_ref().is_some_and(|z| z.ready)
     }
 
     /// Jobs loading or running.
@@ -221,14 +258,15 @@ impl Jobs {
             check: CodeCheck::default(),
             timeout_ms: run.timeout_ms,
             limits: Streams([run.stdout_limit, run.stderr_limit]),
+            zygote: zygote_may_run(run),
         });
         Ok(())
     }
 
     /// `Code`: appends a chunk to a loading job's code; once the code is
-    /// complete and passed its checks, starts the job and returns its
-    /// leader's pid.
-    pub fn load(&mut self, id: u32, data: &[u8], poll: &Poll) -> Result<Option<Pid>, Refused> {
+    /// complete and passed its checks, starts the job: `Some`, with its
+    /// leader's pid if known yet (the zygote says it later).
+    pub fn load(&mut self, id: u32, data: &[u8], poll: &Poll) -> Result<Option<Option<Pid>>, Refused> {
         let Some(i) = self.find(id) else {
             return Err(Refused::new(ErrorKind::UnknownJob, "no job with this id"));
         };
@@ -258,24 +296,45 @@ impl Jobs {
         self.start(i, poll).map(Some)
     }
 
-    /// Forks the job loaded in slot `i` and watches its pipes and timer.
-    fn start(&mut self, i: usize, poll: &Poll) -> Result<Pid, Refused> {
+    /// Starts the job loaded in slot `i`, forked from the zygote when it can
+    /// be, else exec'd, and watches its pipes and timer. The leader's pid, if
+    /// known already (the zygote says it later).
+    fn start(&mut self, i: usize, poll: &Poll) -> Result<Option<Pid>, Refused> {
         let JobState::Loading(job) = mem::replace(&mut self.states[i], JobState::Free) else {
             return Err(Refused::new(ErrorKind::UnknownJob, "no job with this id"));
+        };
+        let failed = |what: &str, e: Errno| {
+            let text = refuse(format_args!("cannot start the job: {what}: {}", describe(e)));
+            Refused { kind: ErrorKind::Spawn, why: Why::Field(text) }
         };
         let timer = rustix::time::timerfd_create(
             TimerfdClockId::Monotonic,
             TimerfdFlags::NONBLOCK | TimerfdFlags::CLOEXEC,
         )
-        .map_err(|e| Refused::new(ErrorKind::Spawn, describe(e)))?;
+        .map_err(|e| failed("timer", e))?;
+        // Only the read ends are non-blocking: the job's writes must block
+        // when the pipe is full, not fail.
+        let (stdout, out_write) = spawn::pipe().map_err(|e| failed("pipe", e))?;
+        let (stderr, err_write) = spawn::pipe().map_err(|e| failed("pipe", e))?;
         let started_ns = sys::boottime_ns();
-        let spawned =
-            spawn::spawn(&self.config, job.lang, job.code.as_fd(), &self.envs[i]).map_err(|(what, e)| {
-                let text = refuse(format_args!("cannot start the job: {what}: {}", describe(e)));
-                Refused { kind: ErrorKind::Spawn, why: Why::Field(text) }
-            })?;
-        // The code memfd is dropped here: the child holds its own copy.
-        let [stdout, stderr] = spawned.pipes;
+        let env = &self.envs[i];
+        let zygote = match &self.zygote {
+            Some(z) if job.zygote && z.ready => Some(z),
+            _ => None,
+        };
+        let (pid, handoff) = match zygote {
+            Some(z) if z.request(job.id, &job.code, [&out_write, &err_write], env, env.cwd().is_some()) => {
+                (None, Some([job.code, out_write, err_write]))
+            }
+            _ => {
+                let pipes = [out_write.as_fd(), err_write.as_fd()];
+                let pid = spawn::spawn(&self.config, job.lang, job.code.as_fd(), pipes, env)
+                    .map_err(|(what, e)| failed(what, e))?;
+                // The code and the write ends are dropped here: the child
+                // holds its own copies.
+                (Some(pid), None)
+            }
+        };
         for (stream, pipe) in STREAMS.into_iter().zip([&stdout, &stderr]) {
             let _ = poll.add(pipe, Token::Pipe(i, stream), !self.paused);
         }
@@ -285,7 +344,9 @@ impl Jobs {
         }
         self.states[i] = JobState::Running(Running {
             id: job.id,
-            pid: spawned.pid,
+            pid,
+            handoff,
+            pending: None,
             pipes: Streams([Some(stdout), Some(stderr)]),
             timer,
             machine: Machine::new(),
@@ -293,7 +354,90 @@ impl Jobs {
             started_ns,
         });
         self.started += 1;
-        Ok(spawned.pid)
+        Ok(pid)
+    }
+
+    /// Starts the zygote unless one runs, or there is none to run (no
+    /// script, or the init is not root and could not make it drop to the
+    /// job user). Jobs take the exec path until it says it is ready.
+    pub fn start_zygote(&mut self, poll: &Poll) {
+        let absent = rustix::fs::access(self.config.zygote, rustix::fs::Access::READ_OK).is_err();
+        if self.zygote.is_some() || absent || !rustix::process::getuid().is_root() {
+            return;
+        }
+        match Zygote::start(&self.config) {
+            Ok(zygote) => {
+                let _ = poll.add(&zygote.replies, Token::Zygote, true);
+                self.zygote = Some(zygote);
+            }
+            Err(e) => log!("cannot start the Python zygote: {}", Os(e)),
+        }
+    }
+
+    /// The zygote's replies: ready, or which process leads a job.
+    pub fn on_zygote(&mut self, tx: &mut Tx) {
+        loop {
+            let Some(zygote) = &mut self.zygote else { return };
+            let reply = match zygote.read() {
+                Ok(Some(reply)) => reply,
+                Ok(None) => return,
+                Err(_) => {
+                    // Gone or garbled: its jobs in flight fail, the next
+                    // Python job starts a new one.
+                    if let Some(zygote) = self.zygote.take() {
+                        let _ = sys::kill_process(zygote.pid, Signal::KILL);
+                    }
+                    self.fail_unforked(tx);
+                    return;
+                }
+            };
+            let (job, pid) = match reply {
+                Reply::Ready => {
+                    zygote.ready = true;
+                    continue;
+                }
+                Reply::Spawned { job, pid } => (job, Some(pid)),
+                Reply::Failed { job } => (job, None),
+            };
+            let Some(i) = self.find(job) else { continue };
+            let Some(running) = self.running(i) else { continue };
+            if running.pid.is_some() {
+                continue;
+            }
+            let Some(pid) = pid else {
+                self.states[i] = JobState::Free;
+                tx.send(&Event::Error {
+                    job: Some(job),
+                    kind: ErrorKind::Spawn,
+                    message: "the zygote could not fork",
+                });
+                continue;
+            };
+            running.pid = Some(pid);
+            running.handoff = None;
+            tx.send(&Event::Started { job, pid: pid.as_raw_pid().unsigned_abs() });
+            if let Some(signal) = running.pending.take() {
+                let _ = running.signal(signal);
+            }
+            if let Some(at) = self.early.iter().position(|(early, _)| *early == pid) {
+                let (_, exit) = self.early.iter().nth(at).copied().unwrap_or((pid, Exit::Code(0)));
+                self.early.clear();
+                self.on_reaped(pid, exit, tx);
+            }
+        }
+    }
+
+    /// The jobs still waiting for the zygote to fork them end with an error.
+    fn fail_unforked(&mut self, tx: &mut Tx) {
+        for state in &mut self.states {
+            if let JobState::Running(job) = state
+                && job.pid.is_none()
+            {
+                let id = job.id;
+                *state = JobState::Free;
+                tx.send(&Event::Error { job: Some(id), kind: ErrorKind::Spawn, message: "the zygote died" });
+            }
+        }
     }
 
     /// `Signal`: to a running job's process group; a job still loading is
@@ -303,7 +447,7 @@ impl Jobs {
             return Err(Refused::new(ErrorKind::UnknownJob, "no job with this id"));
         };
         let not_a_signal = || Refused::new(ErrorKind::InvalidJob, "signal: not a signal number");
-        match &self.states[i] {
+        match &mut self.states[i] {
             JobState::Running(job) => {
                 let signal = Signal::new(u32::from(signal)).ok_or_else(not_a_signal)?;
                 job.signal(signal).map_err(|_| not_a_signal())
@@ -350,11 +494,24 @@ impl Jobs {
     /// A process was reaped: if it was a job's leader (not reaped before),
     /// that job learns its exit. False for every other process.
     pub fn on_reaped(&mut self, pid: Pid, exit: Exit, tx: &mut Tx) -> bool {
-        let leader = self
-            .states
-            .iter()
-            .position(|s| matches!(s, JobState::Running(r) if r.pid == pid && r.machine.leader.is_none()));
-        let Some(i) = leader else { return false };
+        if self.zygote.as_ref().is_some_and(|z| z.pid == pid) {
+            log!("the Python zygote exited");
+            self.zygote = None;
+            self.fail_unforked(tx);
+            return true;
+        }
+        let leader = self.states.iter().position(
+            |s| matches!(s, JobState::Running(r) if r.pid == Some(pid) && r.machine.leader.is_none()),
+        );
+        let Some(i) = leader else {
+            if self.states.iter().any(|s| matches!(s, JobState::Running(r) if r.pid.is_none())) {
+                if self.early.is_full() {
+                    self.early.pop_front();
+                }
+                let _ = self.early.push_back((pid, exit));
+            }
+            return false;
+        };
         if let Some(job) = self.running(i) {
             let step = job.machine.leader_exited(exit);
             self.apply(i, step, tx);
@@ -384,8 +541,8 @@ impl Jobs {
     }
 
     /// SIGKILL to every running job's group (the init is going away).
-    pub fn kill_all(&self) {
-        for state in &self.states {
+    pub fn kill_all(&mut self) {
+        for state in &mut self.states {
             if let JobState::Running(job) = state {
                 let _ = job.signal(Signal::KILL);
             }
@@ -418,8 +575,9 @@ impl Jobs {
             // A process that left the job's group (setsid, a daemon) would
             // outlive it. With no other job running, every process but the
             // init belongs to a finished job: end them all, so nothing leaks
-            // into the next job. They are reaped as orphans.
-            sys::kill_all();
+            // into the next job. They are reaped as orphans. Only the job
+            // user's: the zygote is not a leftover.
+            sys::kill_all_of(self.config.uid);
         }
         for stream in STREAMS {
             let Some(pipe) = job.pipes[stream].take() else { continue };

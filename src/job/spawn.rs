@@ -1,5 +1,5 @@
-//! Forking a job's interpreter: the pipes it writes to, and everything the
-//! child does between `fork` and `execve`.
+//! Forking a job's interpreter (everything the child does between `fork`
+//! and `execve`), the pipes a job writes to, and starting the Python zygote.
 //!
 //! The code is not passed in argv (one argument is limited to 128 KiB): it
 //! sits in a memfd that the child holds as descriptor 3, and the interpreter
@@ -8,8 +8,8 @@
 //! # Safety
 //!
 //! The one `unsafe` call is `fork`: its contract (one thread; the child
-//! never returns into the init's code) is kept by [`spawn`], whose child
-//! side ends in `execve` or `exit`.
+//! never returns into the init's code) is kept by [`spawn`] and [`zygote`],
+//! whose child sides end in `execve` or `exit`.
 #![allow(unsafe_code)]
 
 use core::ffi::CStr;
@@ -39,29 +39,20 @@ const SCRIPT: &CStr = c"/proc/self/fd/3";
 /// Longest argv+envp: every job variable, the defaults and the terminator.
 const MAX_ENVP: usize = proto::MAX_ENV + DEFAULT_ENV.len() + 2;
 
-/// A forked job: its leader and the read ends of its stdout and stderr.
-pub struct Spawned {
-    pub pid: Pid,
-    pub pipes: [OwnedFd; 2],
-}
-
-/// Forks the interpreter for `lang` on the code in `code`.
+/// Forks the interpreter for `lang` on the code in `code`, writing to
+/// `stdout` and `stderr`; the leader's pid.
 pub fn spawn(
     config: &JobConfig,
     lang: Lang,
     code: BorrowedFd<'_>,
+    [stdout, stderr]: [BorrowedFd<'_>; 2],
     env: &EnvBlock,
-) -> Result<Spawned, (&'static str, Errno)> {
+) -> Result<Pid, (&'static str, Errno)> {
     let interpreter = match lang {
         Lang::Python => config.python,
         Lang::Shell => config.shell,
         Lang::Unknown(_) => return Err(("language", Errno::INVAL)),
     };
-    // Only the read ends are non-blocking: the job's writes must block when
-    // the pipe is full, not fail.
-    let (out_read, out_write) = pipe().map_err(|e| ("pipe", e))?;
-    let (err_read, err_write) = pipe().map_err(|e| ("pipe", e))?;
-
     let mut argv = CStrArray::<3>::new();
     let mut envp = CStrArray::<MAX_ENVP>::new();
     argv.push(interpreter).and_then(|()| argv.push(SCRIPT)).map_err(|e| ("arguments", e))?;
@@ -73,22 +64,59 @@ pub fn spawn(
     // SAFETY: the init has one thread. The child ends in `exec`, which
     // returns only to `exit`: it never returns to the init's code.
     match unsafe { sys::fork() }.map_err(|e| ("fork", e))? {
-        Fork::Parent(pid) => Ok(Spawned { pid, pipes: [out_read, err_read] }),
+        Fork::Parent(pid) => Ok(pid),
         Fork::Child(child) => {
-            let setup = Setup {
-                config,
-                interpreter,
-                cwd,
-                code,
-                stdout: out_write.as_fd(),
-                stderr: err_write.as_fd(),
-            };
+            let setup = Setup { config, interpreter, cwd, code, stdout, stderr };
             setup.exec(&child, &argv, &envp)
         }
     }
 }
 
-fn pipe() -> rustix::io::Result<(OwnedFd, OwnedFd)> {
+/// Starts the Python zygote (`python3 SCRIPT UID`) as root in a session of
+/// its own, reading requests on descriptor 3 and writing replies on 4; its
+/// stdout and stderr are the init's (the console), for its last words.
+pub fn zygote(
+    config: &JobConfig,
+    requests: BorrowedFd<'_>,
+    replies: BorrowedFd<'_>,
+) -> rustix::io::Result<Pid> {
+    let mut uid = heapless::String::<12>::new();
+    let _ = core::fmt::Write::write_fmt(&mut uid, format_args!("{}\0", config.uid));
+    let uid = CStr::from_bytes_until_nul(uid.as_bytes()).unwrap_or(c"1000");
+    let mut argv = CStrArray::<4>::new();
+    argv.push(config.python)?;
+    argv.push(config.zygote)?;
+    argv.push(uid)?;
+    let mut envp = CStrArray::<{ DEFAULT_ENV.len() + 2 }>::new();
+    for var in DEFAULT_ENV.into_iter().chain([c"HOME=/"]) {
+        envp.push(var)?;
+    }
+    // SAFETY: the init has one thread. The child ends in `exec`, which
+    // returns only to `exit`: it never returns to the init's code.
+    let child = match unsafe { sys::fork() }? {
+        Fork::Parent(pid) => return Ok(pid),
+        Fork::Child(child) => child,
+    };
+    child.reset_signal_dispositions();
+    let _ = rustix::process::setsid();
+    // Above 4 first, so that placing one cannot close the other.
+    let moved = rustix::io::fcntl_dupfd_cloexec(requests, 5).and_then(|r| {
+        let w = rustix::io::fcntl_dupfd_cloexec(replies, 5)?;
+        child.dup2(r.as_fd(), 3)?;
+        child.dup2(w.as_fd(), 4)
+    });
+    let null = rustix::fs::open(c"/dev/null", OFlags::RDONLY, Mode::empty());
+    if moved.is_err() || null.and_then(|fd| child.dup2(fd.as_fd(), 0)).is_err() {
+        sys::exit(126);
+    }
+    child.close_from(5);
+    let _ = sys::set_signal_mask(SigSet::EMPTY);
+    let err = child.execve(config.python, &argv, &envp);
+    crate::log!("cannot start the Python zygote: {}", describe(err));
+    sys::exit(127)
+}
+
+pub fn pipe() -> rustix::io::Result<(OwnedFd, OwnedFd)> {
     let (read, write) = rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC)?;
     rustix::fs::fcntl_setfl(&read, OFlags::NONBLOCK)?;
     Ok((read, write))

@@ -116,6 +116,29 @@ fn vmexec_run(accel: Accel, cold: bool) -> Result<f64> {
     Ok(ms)
 }
 
+/// Python jobs in one warm VM, send → exit in ms: forked from the zygote
+/// and exec'd (`fresh`), alternating; the first of each kind is not timed.
+fn warm_jobs(config: &VmConfig, runs: usize) -> Result<[Vec<f64>; 2]> {
+    let mut vm = Vm::boot(config)?;
+    let mut times = [vec![], vec![]];
+    for i in 0..=runs {
+        for (kind, fresh) in [false, true].into_iter().enumerate() {
+            let job = Job { fresh, ..Job::python("print('BENCH_OUTPUT')") };
+            let sent = Instant::now();
+            let out = vm.agent().run(&job, |_, _| {})?;
+            let ms = sent.elapsed().as_secs_f64() * 1e3;
+            if out.stdout != b"BENCH_OUTPUT\n" {
+                bail!("unexpected output {:?}", String::from_utf8_lossy(&out.stdout));
+            }
+            if i > 0 {
+                times[kind].push(ms);
+            }
+        }
+    }
+    vm.shutdown();
+    Ok(times)
+}
+
 fn median(values: &[f64]) -> f64 {
     let mut v = values.to_vec();
     v.sort_by(f64::total_cmp);
@@ -158,6 +181,8 @@ fn main() -> Result<()> {
         eprintln!("bench-boot: run {}/{} done", run + 1, args.runs);
     }
 
+    let [zygote, execd] = warm_jobs(&config, args.runs)?;
+
     let cpus = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
     println!(
         "pid1 boot benchmark: {} runs per kind, accel {accel:?}, {cpus} host CPUs, guest 1 vCPU / {} MiB",
@@ -183,6 +208,12 @@ fn main() -> Result<()> {
         let (mc, mr) = (median(&c), median(&r));
         println!("| {name} | {mc:.0} ({}) | {mr:.0} ({}) | {:.2}× |", spread(&c), spread(&r), mr / mc);
     }
+    println!();
+    println!("| warm VM, Python job send → exit, ms | median (spread) |");
+    println!("|---|---|");
+    println!("| forked from the zygote | {:.1} ({}) |", median(&zygote), spread(&zygote));
+    println!("| exec'd `python3` (`fresh`) | {:.1} ({}) |", median(&execd), spread(&execd));
+    println!("| exec / zygote | {:.2}× |", median(&execd) / median(&zygote));
     println!();
     println!("| cold pid1, ms | python job: median | spread | shell job: median | spread |");
     println!("|---|---|---|---|---|");

@@ -39,6 +39,33 @@ pub struct Init {
     pub home: tempfile::TempDir,
 }
 
+/// How the init runs Python jobs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Python {
+    /// `python3` exec'd for each job (no zygote script given).
+    Exec,
+    /// Forked from the zygote (`rootfs/zygote.py`), which the init started
+    /// and reported ready before the test's first job.
+    Zygote,
+}
+
+/// The zygote script of this checkout.
+pub const ZYGOTE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../rootfs/zygote.py");
+
+/// Defines `exec::NAME` and `zygote::NAME` tests that call `NAME(Python)`:
+/// the same body on both paths.
+#[macro_export]
+macro_rules! both_paths {
+    ($($name:ident),* $(,)?) => {
+        mod exec {
+            $(#[test] fn $name() { super::$name(super::common::Python::Exec) })*
+        }
+        mod zygote {
+            $(#[test] fn $name() { super::$name(super::common::Python::Zygote) })*
+        }
+    };
+}
+
 pub enum Mode {
     /// A plain child of the test, which makes itself a child subreaper.
     Subreaper,
@@ -49,6 +76,25 @@ pub enum Mode {
 impl Init {
     pub fn start(mode: Mode) -> Init {
         Init::start_with(mode, &[])
+    }
+
+    pub fn start_on(python: Python, mode: Mode) -> Init {
+        Init::start_with_on(python, mode, &[])
+    }
+
+    /// Started with the zygote when `python` says so, once it is ready.
+    pub fn start_with_on(python: Python, mode: Mode, extra: &[&str]) -> Init {
+        if python == Python::Exec {
+            return Init::start_with(mode, extra);
+        }
+        let mut init = Init::start_with(mode, &[&["--zygote", ZYGOTE][..], extra].concat());
+        for _ in 0..600 {
+            if init.agent.ping().expect("ping").zygote {
+                return init;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!("the zygote was not ready within 30 s");
     }
 
     pub fn start_with(mode: Mode, extra: &[&str]) -> Init {

@@ -1,0 +1,216 @@
+"""pid1's Python zygote: an interpreter, initialised and with the common
+modules imported, that the init asks to fork for each Python job.
+
+The init starts it as root with two pipes: requests on descriptor 3, replies
+on 4. For a job it double-forks: the intermediate process reports the
+grandchild's pid and exits at once, so the grandchild (the job's leader) is
+reparented to the init, which reaps it and reads its exit status itself.
+The leader opens the job's descriptors through /proc/<init>/fd, drops to
+the job user exactly as an exec'd job does, and runs the code as
+`python3 /proc/self/fd/3` would.
+
+Request: u32 length, job, code fd, stdout fd, stderr fd, has_cwd; then
+`length` bytes of NUL-terminated `NAME=value` strings (and the cwd last).
+Reply: u32 kind (0 ready, 1 spawned, 2 failed), job, pid. Native endian.
+"""
+
+import os
+import sys
+
+# What most jobs import, so that a job finds it loaded (see the README for
+# what this costs). Unused names are the point: they stay in sys.modules.
+import base64, collections, csv, dataclasses, datetime, decimal, fractions  # noqa: E401,F401
+import functools, hashlib, io, itertools, json, math, pathlib, random, re  # noqa: E401,F401
+import secrets, statistics, string, struct, subprocess, textwrap, time  # noqa: E401,F401
+import traceback, typing, uuid, ctypes, resource, signal, types, builtins  # noqa: E401,F401
+import atexit, linecache, tokenize  # noqa: E401,F401
+
+import gc
+
+REQUESTS, REPLIES = 3, 4
+READY, SPAWNED, FAILED = 0, 1, 2
+HEADER = struct.Struct("=6I")
+REPLY = struct.Struct("=3I")
+SCRIPT = "/proc/self/fd/3"
+PR_SET_NO_NEW_PRIVS = 38
+# As the init sets them for an exec'd job.
+JOB_NPROC = 1024
+INIT = os.getppid()
+JOB_UID = int(sys.argv[1])
+LIBC = ctypes.CDLL(None, use_errno=True)
+# The raw clone runs with the GIL held, as os.fork does.
+LIBC_WITH_GIL = ctypes.PyDLL(None)
+LIBC_WITH_GIL.syscall.restype = ctypes.c_long
+pythonapi = ctypes.pythonapi
+SYS_CLONE = 56
+CLONE_PARENT = 0x8000
+
+
+def reply(kind, job, pid):
+    try:
+        os.write(REPLIES, REPLY.pack(kind, job, pid))
+    except OSError:
+        os._exit(0)  # the init is gone
+
+
+def read_exact(n):
+    data = b""
+    while len(data) < n:
+        chunk = os.read(REQUESTS, n - len(data))
+        if not chunk:
+            return None
+        data += chunk
+    return data
+
+
+def fork_for_the_init():
+    """`fork`, but the child's parent is the init (`CLONE_PARENT`): the init
+    reaps the job's leader and reads its exit status itself. Python's own
+    before- and after-fork work is done as `os.fork` does it; glibc keeps
+    no per-process state that a raw clone would leave stale (its `raise`
+    asks the kernel for the thread id)."""
+    pythonapi.PyOS_BeforeFork()
+    pid = LIBC_WITH_GIL.syscall(SYS_CLONE, CLONE_PARENT | signal.SIGCHLD, 0, 0, 0, 0)
+    if pid == 0:
+        pythonapi.PyOS_AfterFork_Child()
+    else:
+        pythonapi.PyOS_AfterFork_Parent()
+    return pid
+
+
+def serve():
+    """Forks a leader per request; returns only in a leader, with its job."""
+    reply(READY, 0, 0)
+    while True:
+        header = read_exact(HEADER.size)
+        if header is None:
+            os._exit(0)  # the init is gone
+        length, job, code, out, err, has_cwd = HEADER.unpack(header)
+        block = read_exact(length) if length else b""
+        if block is None:
+            os._exit(0)
+        try:
+            # Opened before the reply: the init closes its copies then.
+            fds = [os.open(f"/proc/{INIT}/fd/{code}", os.O_RDONLY | os.O_CLOEXEC),
+                   os.open(f"/proc/{INIT}/fd/{out}", os.O_WRONLY | os.O_CLOEXEC),
+                   os.open(f"/proc/{INIT}/fd/{err}", os.O_WRONLY | os.O_CLOEXEC),
+                   os.open("/dev/null", os.O_RDONLY | os.O_CLOEXEC)]
+        except OSError:
+            reply(FAILED, job, 0)
+            continue
+        leader = fork_for_the_init()
+        if leader == 0:
+            return job, fds, has_cwd, block
+        for fd in fds:
+            os.close(fd)
+        if leader < 0:
+            reply(FAILED, job, 0)
+        else:
+            reply(SPAWNED, job, leader)
+
+
+def become_the_job(fds, has_cwd, block):
+    """What the init does between fork and exec for a job, less what the
+    zygote set for all its children once (see `settle`)."""
+    os.setsid()
+    for fd, target in zip(fds, (3, 1, 2, 0)):
+        os.dup2(fd, target)
+    os.closerange(4, os.sysconf("SC_OPEN_MAX"))
+    os.setgroups([])
+    os.setgid(JOB_UID)
+    os.setuid(JOB_UID)
+    strings = [s.decode("utf-8", "surrogateescape") for s in block.split(b"\0")[:-1]]
+    cwd = strings.pop() if has_cwd else None
+    os.environ.clear()
+    os.environ.update(s.split("=", 1) for s in strings)
+    os.chdir(cwd or os.environ.get("HOME", "/"))
+    random.seed()
+    sys.argv[:] = [SCRIPT]
+    sys.path[0] = os.path.dirname(SCRIPT)
+
+
+def exit_as_python_does(code):
+    """The end of `python3 file.py`, without tearing down every module the
+    zygote imported (the slow part of an interpreter's exit): wait for
+    threads, run atexit handlers, flush, exit."""
+    threading = sys.modules.get("threading")
+    if threading is not None:
+        threading._shutdown()
+    atexit._run_exitfuncs()
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except Exception:
+            code = 120
+    os._exit(code)
+
+
+def exit_code(e):
+    """What the interpreter exits with for `SystemExit(e.code)`."""
+    if e.code is None:
+        return 0
+    if isinstance(e.code, int):
+        return e.code & 0xFF
+    print(e.code, file=sys.stderr)
+    return 1
+
+
+def run_as_main():
+    """`python3 /proc/self/fd/3`: the code as `__main__`, tracebacks that
+    show only its frames, exit status as the interpreter gives it."""
+    main = types.ModuleType("__main__")
+    main.__file__ = SCRIPT
+    main.__builtins__ = builtins
+    main.__spec__ = None
+    sys.modules["__main__"] = main
+    try:
+        with open(SCRIPT, "rb") as f:
+            source = f.read()
+        exec(compile(source, SCRIPT, "exec"), main.__dict__)
+    except SystemExit as e:
+        exit_as_python_does(exit_code(e))
+    except BaseException as e:
+        tb = e.__traceback__.tb_next if e.__traceback__ else None
+        sys.excepthook(type(e), e, tb)
+        if isinstance(e, KeyboardInterrupt):
+            # As Python ends on an uncaught KeyboardInterrupt: killed by
+            # SIGINT, after its atexit handlers.
+            atexit._run_exitfuncs()
+            sys.stdout.flush()
+            signal.signal(signal.SIGINT, signal.SIG_DFL)
+            os.kill(os.getpid(), signal.SIGINT)
+        exit_as_python_does(1)
+    exit_as_python_does(0)
+
+
+def settle():
+    """What every job inherits and the zygote may share: the OOM killer may
+    pick it (the init is exempt, and children inherit that), the job's
+    rlimits, no_new_privs (the zygote execs nothing; it still drops to the
+    job user in each child). Its signal dispositions are the defaults and
+    its mask is empty, as the init started it, except what Python's start
+    sets and an exec'd job gets too: KeyboardInterrupt on SIGINT, SIGPIPE
+    and SIGXFSZ ignored."""
+    with open("/proc/self/oom_score_adj", "w") as f:
+        f.write("0")
+    resource.setrlimit(resource.RLIMIT_NPROC, (JOB_NPROC, JOB_NPROC))
+    resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+    if LIBC.prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0:
+        raise OSError(ctypes.get_errno(), "cannot set no_new_privs")
+
+
+settle()
+# The zygote's objects are never collected in a job: the collector then
+# neither walks them nor writes to their pages (which a fork shares).
+gc.collect()
+gc.freeze()
+job = serve()
+del serve
+try:
+    become_the_job(*job[1:])
+except BaseException as e:
+    # The job's stderr, when it got that far; the console otherwise.
+    print(f"cannot start the job in the zygote: {e}", file=sys.stderr)
+    os._exit(126)
+del job
+run_as_main()
