@@ -382,12 +382,12 @@ impl Jobs {
                 Ok(Some(reply)) => reply,
                 Ok(None) => return,
                 Err(_) => {
-                    // Gone or garbled: its jobs in flight fail, the next
-                    // Python job starts a new one.
+                    // Gone or garbled: its jobs in flight are exec'd, the
+                    // next Python job starts a new one.
                     if let Some(zygote) = self.zygote.take() {
                         let _ = sys::kill_process(zygote.pid, Signal::KILL);
                     }
-                    self.fail_unforked(tx);
+                    self.exec_unforked(tx);
                     return;
                 }
             };
@@ -427,15 +427,25 @@ impl Jobs {
         }
     }
 
-    /// The jobs still waiting for the zygote to fork them end with an error.
-    fn fail_unforked(&mut self, tx: &mut Tx) {
-        for state in &mut self.states {
-            if let JobState::Running(job) = state
-                && job.pid.is_none()
-            {
-                let id = job.id;
-                *state = JobState::Free;
-                tx.send(&Event::Error { job: Some(id), kind: ErrorKind::Spawn, message: "the zygote died" });
+    /// The zygote is gone: the jobs it had not forked yet are exec'd, with
+    /// the code and pipes that were held for it.
+    fn exec_unforked(&mut self, tx: &mut Tx) {
+        for (state, env) in self.states.iter_mut().zip(self.envs.iter()) {
+            let JobState::Running(job) = state else { continue };
+            let Some([code, out, err]) = job.handoff.take() else { continue };
+            match spawn::spawn(&self.config, Lang::Python, code.as_fd(), [out.as_fd(), err.as_fd()], env) {
+                Ok(pid) => {
+                    job.pid = Some(pid);
+                    tx.send(&Event::Started { job: job.id, pid: pid.as_raw_pid().unsigned_abs() });
+                    if let Some(signal) = job.pending.take() {
+                        let _ = job.signal(signal);
+                    }
+                }
+                Err(_) => {
+                    let id = job.id;
+                    *state = JobState::Free;
+                    tx.send(&Event::Error { job: Some(id), kind: ErrorKind::Spawn, message: "the zygote died" });
+                }
             }
         }
     }
@@ -496,8 +506,10 @@ impl Jobs {
     pub fn on_reaped(&mut self, pid: Pid, exit: Exit, tx: &mut Tx) -> bool {
         if self.zygote.as_ref().is_some_and(|z| z.pid == pid) {
             log!("the Python zygote exited");
+            // What it said before it died still counts.
+            self.on_zygote(tx);
             self.zygote = None;
-            self.fail_unforked(tx);
+            self.exec_unforked(tx);
             return true;
         }
         let leader = self.states.iter().position(

@@ -127,6 +127,11 @@ impl Init {
         Init { child, agent, home }
     }
 
+    /// The process this test started: the init, or `unshare` above it.
+    pub fn process_id(&self) -> u32 {
+        self.child.id()
+    }
+
     /// Runs one job to its end.
     pub fn run(&mut self, job: &Job) -> Outcome {
         self.agent.run(job, |_, _| {}).unwrap_or_else(|e| panic!("job {job:?} failed: {e}"))
