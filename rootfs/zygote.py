@@ -9,7 +9,7 @@ The leader opens the job's descriptors through /proc/<init>/fd, drops to
 the job user exactly as an exec'd job does, and runs the code as
 `python3 /proc/self/fd/3` would.
 
-Request: u32 length, job, code fd, stdout fd, stderr fd, has_cwd; then
+Request: u32 length, job, code fd, stdout fd, stderr fd, has_cwd, job uid; then
 `length` bytes of NUL-terminated `NAME=value` strings (and the cwd last).
 Reply: u32 kind (0 ready, 1 spawned, 2 failed), job, pid. Native endian.
 """
@@ -29,14 +29,13 @@ import gc
 
 REQUESTS, REPLIES = 3, 4
 READY, SPAWNED, FAILED = 0, 1, 2
-HEADER = struct.Struct("=6I")
+HEADER = struct.Struct("=7I")
 REPLY = struct.Struct("=3I")
 SCRIPT = "/proc/self/fd/3"
 PR_SET_NO_NEW_PRIVS = 38
 # As the init sets them for an exec'd job.
 JOB_NPROC = 1024
 INIT = os.getppid()
-JOB_UID = int(sys.argv[1])
 LIBC = ctypes.CDLL(None, use_errno=True)
 # The raw clone runs with the GIL held, as os.fork does.
 LIBC_WITH_GIL = ctypes.PyDLL(None)
@@ -85,7 +84,7 @@ def serve():
         header = read_exact(HEADER.size)
         if header is None:
             os._exit(0)  # the init is gone
-        length, job, code, out, err, has_cwd = HEADER.unpack(header)
+        length, job, code, out, err, has_cwd, uid = HEADER.unpack(header)
         block = read_exact(length) if length else b""
         if block is None:
             os._exit(0)
@@ -100,7 +99,7 @@ def serve():
             continue
         leader = fork_for_the_init()
         if leader == 0:
-            return job, fds, has_cwd, block
+            return job, fds, has_cwd, uid, block
         for fd in fds:
             os.close(fd)
         if leader < 0:
@@ -109,7 +108,7 @@ def serve():
             reply(SPAWNED, job, leader)
 
 
-def become_the_job(fds, has_cwd, block):
+def become_the_job(fds, has_cwd, uid, block):
     """What the init does between fork and exec for a job, less what the
     zygote set for all its children once (see `settle`)."""
     os.setsid()
@@ -117,8 +116,8 @@ def become_the_job(fds, has_cwd, block):
         os.dup2(fd, target)
     os.closerange(4, os.sysconf("SC_OPEN_MAX"))
     os.setgroups([])
-    os.setgid(JOB_UID)
-    os.setuid(JOB_UID)
+    os.setgid(uid)
+    os.setuid(uid)
     strings = [s.decode("utf-8", "surrogateescape") for s in block.split(b"\0")[:-1]]
     cwd = strings.pop() if has_cwd else None
     os.environ.clear()
@@ -170,8 +169,9 @@ def run_as_main():
     except SystemExit as e:
         exit_as_python_does(exit_code(e))
     except BaseException as e:
+        # Without this function's frame, as `python3 file.py` shows it.
         tb = e.__traceback__.tb_next if e.__traceback__ else None
-        sys.excepthook(type(e), e, tb)
+        sys.excepthook(type(e), e.with_traceback(tb), tb)
         if isinstance(e, KeyboardInterrupt):
             # As Python ends on an uncaught KeyboardInterrupt: killed by
             # SIGINT, after its atexit handlers.

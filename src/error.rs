@@ -5,6 +5,8 @@ use core::fmt;
 
 use rustix::io::Errno;
 
+use crate::log::Text;
+
 /// The text of errnos 1 to 40, one per line in errno order, as `strerror`
 /// gives them; an empty line is an errno the init never meets. One string
 /// and a scan cost less binary than a `match` with a string per arm.
@@ -75,7 +77,7 @@ impl fmt::Display for Os {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         // Errnos are positive: printed as u32, the integer the rest of the
         // init formats, so that one formatter is linked.
-        write!(f, "errno {} ({})", self.0.raw_os_error().unsigned_abs(), describe(self.0))
+        write!(f, "errno {} ({})", self.0.raw_os_error().unsigned_abs(), Text(describe(self.0)))
     }
 }
 

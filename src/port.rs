@@ -5,7 +5,7 @@
 use core::ffi::CStr;
 
 use proto::{Event, Frame, FrameReader, MAX_CHUNK, MAX_FRAME};
-use rustix::fd::OwnedFd;
+use rustix::fd::{AsFd, OwnedFd};
 use rustix::fs::{Mode, OFlags};
 use rustix::io::Errno;
 
@@ -59,9 +59,10 @@ fn open_device(path: &CStr) -> rustix::io::Result<(OwnedFd, OwnedFd)> {
     let flags = OFlags::RDWR | OFlags::NOCTTY | OFlags::NONBLOCK | OFlags::CLOEXEC;
     let rx = rustix::fs::open(path, flags, Mode::empty())?;
     let tx = rustix::fs::open(path, flags, Mode::empty())?;
-    if let Ok(mut termios) = rustix::termios::tcgetattr(&rx) {
-        termios.make_raw();
-        rustix::termios::tcsetattr(&rx, rustix::termios::OptionalActions::Now, &termios)?;
+    // Not a terminal (ENOTTY): nothing to make raw.
+    match crate::sys::make_raw(rx.as_fd()) {
+        Ok(()) | Err(Errno::NOTTY) => {}
+        Err(e) => return Err(e),
     }
     Ok((rx, tx))
 }

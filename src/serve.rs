@@ -15,6 +15,7 @@ use rustix::process::{WaitOptions, WaitStatus};
 use crate::config::{Config, USAGE};
 use crate::error::{Os, describe};
 use crate::job::{Jobs, MAX_JOBS, Refused};
+use crate::log::Text;
 use crate::poll::{Poll, Token};
 use crate::port::{self, Rx, RxEnd, Tx};
 use crate::rt::Args;
@@ -55,7 +56,7 @@ pub fn run(args: Args) -> ! {
     let config = match Config::parse(args, environ) {
         Ok(config) => config,
         Err(why) => {
-            log!("{why}; {USAGE}");
+            log!("{}; {}", Text(why), Text(USAGE));
             // PID 1 may not exit: power off cleanly instead.
             if pid1 { boot::power_off() } else { sys::exit(2) }
         }
@@ -78,7 +79,7 @@ pub fn run(args: Args) -> ! {
     let mut server = match Server::new(&config, pid1) {
         Ok(server) => server,
         Err((what, e)) => {
-            log!("cannot start: {what}: {}", Os(e));
+            log!("cannot start: {}: {}", Text(what), Os(e));
             if pid1 { boot::power_off() } else { sys::exit(1) }
         }
     };
@@ -214,7 +215,7 @@ impl Server {
                         }
                         Err((what, e)) => {
                             let mut text = heapless::String::<96>::new();
-                            let _ = write!(text, "refresh: {what}: {}", describe(e));
+                            let _ = write!(text, "refresh: {}: {}", Text(what), Text(describe(e)));
                             error(&mut self.tx, None, ErrorKind::Refresh, &text);
                         }
                     }

@@ -386,6 +386,46 @@ pub fn reseed_crng(random: BorrowedFd<'_>) -> Result<()> {
     Ok(())
 }
 
+/// The kernel's `struct termios` (not libc's, which has speed fields).
+#[repr(C)]
+struct Termios {
+    iflag: u32,
+    oflag: u32,
+    cflag: u32,
+    lflag: u32,
+    line: u8,
+    cc: [u8; 19],
+}
+
+/// `cfmakeraw` through `TCGETS`/`TCSETS`: no echo, no line editing, no
+/// CR/LF rewriting, 8-bit bytes. rustix's termios would bring its speed
+/// tables along, which a virtio console has no use for.
+pub fn make_raw(tty: BorrowedFd<'_>) -> Result<()> {
+    const TCGETS: usize = 0x5401;
+    const TCSETS: usize = 0x5402;
+    let g = linux_raw_sys::general::IGNBRK
+        | linux_raw_sys::general::BRKINT
+        | linux_raw_sys::general::PARMRK
+        | linux_raw_sys::general::ISTRIP
+        | linux_raw_sys::general::INLCR
+        | linux_raw_sys::general::IGNCR
+        | linux_raw_sys::general::ICRNL
+        | linux_raw_sys::general::IXON;
+    let mut t = Termios { iflag: 0, oflag: 0, cflag: 0, lflag: 0, line: 0, cc: [0; 19] };
+    let fd = tty.as_raw_fd() as usize;
+    // SAFETY: `t` is a valid kernel termios, which the kernel fills in.
+    unsafe { syscall(sys::__NR_ioctl, [fd, TCGETS, (&raw mut t).expose_provenance(), 0]) }?;
+    t.iflag &= !g;
+    t.oflag &= !sys::OPOST;
+    t.lflag &= !(sys::ECHO | sys::ECHONL | sys::ICANON | sys::ISIG | sys::IEXTEN);
+    t.cflag = (t.cflag & !(sys::CSIZE | sys::PARENB)) | sys::CS8;
+    t.cc[sys::VMIN as usize] = 1;
+    t.cc[sys::VTIME as usize] = 0;
+    // SAFETY: the same termios, read by the kernel.
+    unsafe { syscall(sys::__NR_ioctl, [fd, TCSETS, (&raw const t).expose_provenance(), 0]) }?;
+    Ok(())
+}
+
 /// `clock_gettime(CLOCK_BOOTTIME)` in nanoseconds. A plain syscall: the init
 /// reads the clock a few times per job, and rustix's vDSO lookup would add
 /// about 2 KiB of ELF parsing to the binary.

@@ -198,6 +198,50 @@ fn signal_request_reaches_the_job(py: Python) {
     assert_eq!((out.exit, out.timed_out), (Exit::Signal(9), false));
 }
 
+/// What `python3 file.py` does: `__main__`, `sys.argv`, tracebacks with
+/// the code's lines and no frame of the machinery, exit codes, atexit,
+/// KeyboardInterrupt on SIGINT.
+fn python_runs_code_as_python3_file_does(py: Python) {
+    let mut init = Init::start_on(py, Mode::Subreaper);
+    let out = init.python(
+        "import sys, atexit\n\
+         atexit.register(lambda: print('atexit ran'))\n\
+         print(__name__, sys.argv)\n\
+         raise ValueError('boom')",
+    );
+    assert_eq!(text(&out.stdout), "__main__ ['/proc/self/fd/3']\natexit ran\n");
+    assert_eq!(out.exit, Exit::Code(1));
+    let err = text(&out.stderr);
+    assert!(
+        err.starts_with(
+            "Traceback (most recent call last):\n  File \"/proc/self/fd/3\", line 4, in <module>\n"
+        ),
+        "{err}"
+    );
+    assert!(err.contains("raise ValueError('boom')") && err.ends_with("ValueError: boom\n"), "{err}");
+    assert_eq!(init.python("import sys; sys.exit(3)").exit, Exit::Code(3));
+    let out = init.python("print('partial', end=''); exit('bye')");
+    assert_eq!(
+        (text(&out.stdout), text(&out.stderr), out.exit),
+        ("partial".into(), "bye\n".into(), Exit::Code(1))
+    );
+
+    let id = init
+        .agent
+        .submit(&Job::python("import time\ntry:\n    print('up', flush=True)\n    time.sleep(100)\nexcept KeyboardInterrupt:\n    print('interrupted')\n    raise"))
+        .unwrap();
+    loop {
+        if let GuestEvent::Output { .. } = init.agent.next_event().unwrap() {
+            break;
+        }
+    }
+    init.agent.signal(id, 2).unwrap();
+    let out = init.agent.wait_job(id, &mut |_, _| {}).unwrap();
+    assert_eq!(text(&out.stdout), "interrupted\n");
+    assert!(text(&out.stderr).ends_with("KeyboardInterrupt\n"), "{}", text(&out.stderr));
+    assert_eq!(out.exit, Exit::Signal(2), "an uncaught KeyboardInterrupt ends Python by SIGINT");
+}
+
 fn env_cwd_home_and_stdin(py: Python) {
     let mut init = Init::start_on(py, Mode::Subreaper);
     let mut job = Job::shell("echo \"$GREETING|$HOME|$(pwd)|$PATH\"; cat; echo end");
@@ -243,6 +287,7 @@ fn python_jobs_take_the_path_asked_for(py: Python) {
 
 both_paths!(
     python_jobs_take_the_path_asked_for,
+    python_runs_code_as_python3_file_does,
     python_and_shell_hello,
     exit_codes_and_signals,
     output_streams_in_order_as_produced,

@@ -32,6 +32,7 @@ use self::zygote::{Reply, Zygote};
 use crate::config::JobConfig;
 use crate::error::{Os, describe};
 use crate::log;
+use crate::log::Text;
 use crate::poll::{Poll, Token};
 use crate::port::Tx;
 use crate::storage::TakeOnce;
@@ -304,7 +305,7 @@ impl Jobs {
             return Err(Refused::new(ErrorKind::UnknownJob, "no job with this id"));
         };
         let failed = |what: &str, e: Errno| {
-            let text = refuse(format_args!("cannot start the job: {what}: {}", describe(e)));
+            let text = refuse(format_args!("cannot start the job: {}: {}", Text(what), Text(describe(e))));
             Refused { kind: ErrorKind::Spawn, why: Why::Field(text) }
         };
         let timer = rustix::time::timerfd_create(
@@ -323,7 +324,7 @@ impl Jobs {
             _ => None,
         };
         let (pid, handoff) = match zygote {
-            Some(z) if z.request(job.id, &job.code, [&out_write, &err_write], env, env.cwd().is_some()) => {
+            Some(z) if z.request(job.id, &job.code, [&out_write, &err_write], env, self.config.uid) => {
                 (None, Some([job.code, out_write, err_write]))
             }
             _ => {
@@ -444,7 +445,11 @@ impl Jobs {
                 Err(_) => {
                     let id = job.id;
                     *state = JobState::Free;
-                    tx.send(&Event::Error { job: Some(id), kind: ErrorKind::Spawn, message: "the zygote died" });
+                    tx.send(&Event::Error {
+                        job: Some(id),
+                        kind: ErrorKind::Spawn,
+                        message: "the zygote died",
+                    });
                 }
             }
         }

@@ -23,7 +23,7 @@ use rustix::process::{Pid, Resource, Rlimit};
 use super::env::{DEFAULT_ENV, EnvBlock};
 use crate::config::JobConfig;
 use crate::error::describe;
-use crate::log::Path;
+use crate::log::{Path, Text};
 use crate::sys::{self, CStrArray, Fork, SigSet};
 
 /// Processes the job user may have at once (RLIMIT_NPROC): room for real
@@ -72,21 +72,17 @@ pub fn spawn(
     }
 }
 
-/// Starts the Python zygote (`python3 SCRIPT UID`) as root in a session of
-/// its own, reading requests on descriptor 3 and writing replies on 4; its
+/// Starts the Python zygote (`python3 SCRIPT`) as root in a session of its
+/// own, reading requests on descriptor 3 and writing replies on 4; its
 /// stdout and stderr are the init's (the console), for its last words.
 pub fn zygote(
     config: &JobConfig,
     requests: BorrowedFd<'_>,
     replies: BorrowedFd<'_>,
 ) -> rustix::io::Result<Pid> {
-    let mut uid = heapless::String::<12>::new();
-    let _ = core::fmt::Write::write_fmt(&mut uid, format_args!("{}\0", config.uid));
-    let uid = CStr::from_bytes_until_nul(uid.as_bytes()).unwrap_or(c"1000");
-    let mut argv = CStrArray::<4>::new();
+    let mut argv = CStrArray::<3>::new();
     argv.push(config.python)?;
     argv.push(config.zygote)?;
-    argv.push(uid)?;
     let mut envp = CStrArray::<{ DEFAULT_ENV.len() + 2 }>::new();
     for var in DEFAULT_ENV.into_iter().chain([c"HOME=/"]) {
         envp.push(var)?;
@@ -112,7 +108,7 @@ pub fn zygote(
     child.close_from(5);
     let _ = sys::set_signal_mask(SigSet::EMPTY);
     let err = child.execve(config.python, &argv, &envp);
-    crate::log!("cannot start the Python zygote: {}", describe(err));
+    crate::log!("cannot start the Python zygote: {}", Text(describe(err)));
     sys::exit(127)
 }
 
@@ -178,12 +174,12 @@ impl Setup<'_> {
         }
         check(rustix::thread::set_no_new_privs(true), "cannot set no_new_privs");
         if let Err(e) = rustix::process::chdir(self.cwd) {
-            crate::log!("cannot change to directory {}: {}", Path(self.cwd), describe(e));
+            crate::log!("cannot change to directory {}: {}", Path(self.cwd), Text(describe(e)));
             sys::exit(126);
         }
         check(sys::set_signal_mask(SigSet::EMPTY), "cannot unblock signals");
         let err = child.execve(self.interpreter, argv, envp);
-        crate::log!("cannot execute {}: {}", Path(self.interpreter), describe(err));
+        crate::log!("cannot execute {}: {}", Path(self.interpreter), Text(describe(err)));
         // The shell's convention: 127 for a program that is not there, 126
         // for one that is there but cannot run.
         sys::exit(if err == Errno::NOENT { 127 } else { 126 })
@@ -193,7 +189,7 @@ impl Setup<'_> {
 /// In the child: a failed setup step ends it with 126 and a message.
 fn check<T>(result: rustix::io::Result<T>, what: &str) {
     if let Err(e) = result {
-        crate::log!("{what}: {}", describe(e));
+        crate::log!("{}: {}", Text(what), Text(describe(e)));
         sys::exit(126);
     }
 }

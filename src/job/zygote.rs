@@ -17,8 +17,9 @@ use crate::config::JobConfig;
 /// exec path.
 const PIPE_BUF: usize = 4096;
 
-/// Request header: length, job, code fd, stdout fd, stderr fd, has_cwd.
-const HEADER: usize = 6 * 4;
+/// Request header: length, job, code fd, stdout fd, stderr fd, has_cwd,
+/// the job user.
+const HEADER: usize = 7 * 4;
 
 /// A reply: kind, job, pid.
 const REPLY: usize = 3 * 4;
@@ -51,17 +52,11 @@ impl Zygote {
         Ok(Zygote { pid, requests, replies, ready: false })
     }
 
-    /// Asks for a leader running `code` with `pipes` (stdout, stderr) and
-    /// the environment and cwd of `env`, all of which the init keeps open
-    /// until the reply. False if the request cannot be sent whole now.
-    pub fn request(
-        &self,
-        job: u32,
-        code: &OwnedFd,
-        pipes: [&OwnedFd; 2],
-        env: &EnvBlock,
-        has_cwd: bool,
-    ) -> bool {
+    /// Asks for a leader running `code` with `pipes` (stdout, stderr), the
+    /// environment and cwd of `env`, as user `uid`; the init keeps the
+    /// descriptors open until the reply. False if the request cannot be
+    /// sent whole now.
+    pub fn request(&self, job: u32, code: &OwnedFd, pipes: [&OwnedFd; 2], env: &EnvBlock, uid: u32) -> bool {
         let block = env.as_bytes();
         let mut message = [0u8; PIPE_BUF];
         let Some(body) = message.get_mut(HEADER..HEADER + block.len()) else { return false };
@@ -69,7 +64,8 @@ impl Zygote {
         let fd = |fd: &OwnedFd| fd.as_raw_fd().unsigned_abs();
         // At most PIPE_BUF: the length fits a u32.
         let length = u32::try_from(block.len()).unwrap_or(0);
-        let header = [length, job, fd(code), fd(pipes[0]), fd(pipes[1]), u32::from(has_cwd)];
+        let has_cwd = u32::from(env.cwd().is_some());
+        let header = [length, job, fd(code), fd(pipes[0]), fd(pipes[1]), has_cwd, uid];
         for (slot, value) in message.chunks_exact_mut(4).zip(header) {
             slot.copy_from_slice(&value.to_ne_bytes());
         }
