@@ -6,7 +6,7 @@
 
 mod common;
 
-use common::{Init, Mode, Python, ZOMBIE_SCAN, double_forks, text};
+use common::{Init, LEFTOVERS, Mode, Python, ZOMBIE_SCAN, double_forks, text};
 
 /// Runs `spawner`, then the zombie scan; returns the scan's line and how
 /// many orphans the init counted meanwhile.
@@ -79,12 +79,7 @@ fn nothing_outlives_its_job_when_the_init_is_idle(py: Python) {
     let out = init.shell("setsid sh -c 'sleep 100' & sleep 0.2; echo started");
     assert_eq!(text(&out.stdout), "started\n");
     // Any process of the job user but the scanning job would be a leftover.
-    let out = init.python(
-        "import os\n\
-         others = [p for p in os.listdir('/proc') if p.isdigit() and int(p) not in (1, os.getpid())\n\
-                   and os.stat(f'/proc/{p}').st_uid == os.getuid()]\n\
-         print([open(f'/proc/{p}/comm').read().strip() for p in others])",
-    );
+    let out = init.python(LEFTOVERS);
     assert_eq!(text(&out.stdout), "[]\n");
 }
 

@@ -194,6 +194,27 @@ for _ in range(50):
 print(f'ZOMBIE_COUNT:{n}')
 "#;
 
+/// A Python job that lists the processes of the job user other than
+/// itself (by `comm`), polling until there are none (or 5 s pass): a killed
+/// process may still be on its way out when the next job starts.
+pub const LEFTOVERS: &str = r#"
+import os, time
+def left():
+    found = []
+    for p in os.listdir('/proc'):
+        try:
+            if p.isdigit() and int(p) != os.getpid() and os.stat(f'/proc/{p}').st_uid == os.getuid():
+                found.append(open(f'/proc/{p}/comm').read().strip())
+        except OSError:
+            pass
+    return found
+for _ in range(50):
+    if not left():
+        break
+    time.sleep(0.1)
+print(left())
+"#;
+
 /// A Python job that double-forks `n` orphans as fast as it can.
 pub fn double_forks(n: usize) -> String {
     format!(
