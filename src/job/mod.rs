@@ -43,6 +43,12 @@ use crate::sys::{self, Signal};
 /// its environment block until used.
 pub const MAX_JOBS: usize = 16;
 
+/// Reaps kept while a zygote job's pid is on its way: its leader may exit
+/// before the zygote's reply is read, and only then does the init learn
+/// which pid it was. The reply follows the fork at once; eight reaps in
+/// between would take eight other processes dying in that instant.
+const EARLY: usize = 8;
+
 /// Reads of a pipe at a job's end, after its group is killed: a full pipe
 /// (64 KiB) is two reads of `MAX_CHUNK`; four leave margin.
 const FINAL_READS: usize = 4;
@@ -184,7 +190,9 @@ pub struct Jobs {
     pub zygote: Option<Zygote>,
     /// Processes reaped while a zygote job's pid was not known yet: one of
     /// them may be its leader, which exited at once.
-    early: heapless::Deque<(Pid, Exit), 8>,
+    early: [Option<(Pid, Exit)>; EARLY],
+    /// Where the next early reap is kept (the oldest is overwritten).
+    next_early: usize,
 }
 
 /// Whether a job may be forked from the zygote: a Python job that did not
@@ -204,8 +212,9 @@ impl Jobs {
     pub fn new(config: JobConfig, owns_all: bool) -> Option<Jobs> {
         let Memory { envs, output } = MEMORY.take()?;
         let states = [const { JobState::Free }; MAX_JOBS];
-        let early = heapless::Deque::new();
-        Some(Jobs { states, envs, output, config, owns_all, paused: false, started: 0, zygote: None, early })
+        let early = [None; EARLY];
+        let (paused, started, zygote, next_early) = (false, 0, None, 0);
+        Some(Jobs { states, envs, output, config, owns_all, paused, started, zygote, early, next_early })
     }
 
     /// Python jobs are forked from a zygote now.
@@ -420,9 +429,8 @@ impl Jobs {
             if let Some(signal) = running.pending.take() {
                 let _ = running.signal(signal);
             }
-            if let Some(at) = self.early.iter().position(|(early, _)| *early == pid) {
-                let (_, exit) = self.early.iter().nth(at).copied().unwrap_or((pid, Exit::Code(0)));
-                self.early.clear();
+            let early = self.early.iter_mut().find(|e| matches!(e, Some((p, _)) if *p == pid));
+            if let Some((_, exit)) = early.and_then(Option::take) {
                 self.on_reaped(pid, exit, tx);
             }
         }
@@ -522,10 +530,8 @@ impl Jobs {
         );
         let Some(i) = leader else {
             if self.states.iter().any(|s| matches!(s, JobState::Running(r) if r.pid.is_none())) {
-                if self.early.is_full() {
-                    self.early.pop_front();
-                }
-                let _ = self.early.push_back((pid, exit));
+                self.early[self.next_early % EARLY] = Some((pid, exit));
+                self.next_early = self.next_early.wrapping_add(1);
             }
             return false;
         };
