@@ -13,10 +13,27 @@ use crate::error::Os;
 use crate::log;
 use crate::storage::TakeOnce;
 
-/// Bytes of events waiting for the host. Pipe reads stop while less than one
-/// frame of room is left, so job output waits in its pipes (and the jobs
+/// Bytes of events waiting for the host. Pipe reads stop while less than
+/// [`OUTPUT_ROOM`] is left, so job output waits in its pipes (and the jobs
 /// block on write) instead of in the init's memory.
 pub const TX_CAP: usize = 4 * MAX_FRAME;
+
+/// Room kept for the events that are not output: `Started`, `Exited`,
+/// `Error`, `Pong`. They are at most a few hundred bytes each, and without
+/// new requests (which stop below [`REQUEST_ROOM`]) only the 16 jobs make
+/// them: 16 KiB holds far more than that.
+pub const RESERVE: usize = 16 * 1024;
+
+/// Pipe reads go on while this much room is left: one output frame and
+/// the reserve.
+pub const OUTPUT_ROOM: usize = MAX_FRAME + RESERVE;
+
+/// Requests are taken while this much room is left, so that their answers
+/// always fit: a host that sends without reading waits for itself.
+pub const REQUEST_ROOM: usize = RESERVE / 2;
+
+/// How long a shutdown waits for the host to take the last events.
+const DRAIN_MS: i32 = 2000;
 
 /// The port's buffers: 256 KiB of send queue, a frame being received, one
 /// read. All zeros, so in `.bss` for the life of the init.
@@ -152,9 +169,12 @@ impl Tx {
                     log!("event larger than the send buffer, dropped");
                     return;
                 }
-                // Full: only when the host stops reading while sending
-                // requests. Waiting here is the backpressure it asked for.
-                Err(_) => self.wait_writable(),
+                // Full although the loop keeps the reserve: never wait for
+                // the host here (the loop must go on), say so and drop.
+                Err(_) => {
+                    log!("send queue full, event dropped");
+                    return;
+                }
             }
         }
         self.flush();
@@ -177,9 +197,22 @@ impl Tx {
         self.tail = 0;
     }
 
-    pub fn wait_writable(&mut self) {
-        let mut fds = [rustix::event::PollFd::new(&self.fd, rustix::event::PollFlags::OUT)];
-        let _ = rustix::event::poll(&mut fds, None);
-        self.flush();
+    /// Writes what is queued, waiting for the port at most [`DRAIN_MS`] in
+    /// all: the last events before a shutdown.
+    pub fn drain(&mut self) {
+        let deadline = crate::sys::boottime_ns() + DRAIN_MS.unsigned_abs() as u64 * 1_000_000;
+        while self.pending() > 0 && !self.broken {
+            let left = deadline.saturating_sub(crate::sys::boottime_ns()) / 1_000_000;
+            let Ok(left @ 1..) = i32::try_from(left) else { return };
+            let mut fds = [rustix::event::PollFd::new(&self.fd, rustix::event::PollFlags::OUT)];
+            let timeout = rustix::time::Timespec {
+                tv_sec: i64::from(left / 1000),
+                tv_nsec: i64::from(left % 1000) * 1_000_000,
+            };
+            if rustix::event::poll(&mut fds, Some(&timeout)) == Ok(0) {
+                return;
+            }
+            self.flush();
+        }
     }
 }

@@ -17,7 +17,7 @@ use crate::error::{Os, describe};
 use crate::job::{Jobs, MAX_JOBS, Refused};
 use crate::log::Text;
 use crate::poll::{Poll, Token};
-use crate::port::{self, Rx, RxEnd, Tx};
+use crate::port::{self, OUTPUT_ROOM, REQUEST_ROOM, RESERVE, Rx, RxEnd, Tx};
 use crate::rt::Args;
 use crate::sys::{self, SigSet, Signal};
 use crate::{boot, log, refresh};
@@ -46,6 +46,9 @@ struct Server {
     jobs: Jobs,
     /// Processes reaped that were not a job's leader.
     orphans_reaped: u32,
+    /// Requests are read and answered (the send queue has room for their
+    /// answers).
+    taking: bool,
 }
 
 /// Sets the init up and serves until shutdown.
@@ -100,7 +103,7 @@ impl Server {
         // A port that epoll cannot watch for writing (a regular file) is
         // still written on every round.
         let _ = poll.add(&tx.fd, Token::PortTx, false);
-        Ok(Server { boot: config.boot, pid1, poll, rx, tx, signals, jobs, orphans_reaped: 0 })
+        Ok(Server { boot: config.boot, pid1, poll, rx, tx, signals, jobs, orphans_reaped: 0, taking: true })
     }
 
     fn serve(&mut self) -> ! {
@@ -139,12 +142,25 @@ impl Server {
             let _ = self.poll.set(&self.tx.fd, Token::PortTx, want_out);
         }
         let room = self.tx.room();
-        let pause = if self.jobs.paused() { room < 2 * MAX_FRAME } else { room < MAX_FRAME };
+        let pause = if self.jobs.paused() { room < OUTPUT_ROOM + MAX_FRAME } else { room < OUTPUT_ROOM };
         self.jobs.pause_output(&self.poll, pause);
+        // Requests: off below their room, back at the whole reserve; the
+        // frames already read wait in the receive buffer.
+        let take = if self.taking { room >= REQUEST_ROOM } else { room >= RESERVE };
+        if take != self.taking {
+            self.taking = take;
+            let _ = self.poll.set(&self.rx.fd, Token::PortRx, take);
+            if take {
+                self.answer_requests();
+            }
+        }
     }
 
     /// Reads what the host sent and answers each whole frame in it.
     fn read_port(&mut self) {
+        if !self.taking {
+            return;
+        }
         match self.rx.fill() {
             Ok(()) => {}
             Err(RxEnd::Empty) => return,
@@ -157,8 +173,15 @@ impl Server {
                 self.shutdown()
             }
         }
+        self.answer_requests();
+    }
+
+    /// Answers the frames read, while their answers have room.
+    fn answer_requests(&mut self) {
         let mut stop = false;
-        while let Some(frame) = self.rx.next_frame() {
+        while self.tx.room() >= REQUEST_ROOM
+            && let Some(frame) = self.rx.next_frame()
+        {
             let request = match frame {
                 Frame::Message(bytes) => match proto::decode::<Request<'_>>(bytes) {
                     Ok(request) => request,
@@ -283,9 +306,7 @@ impl Server {
     /// outside one.
     fn shutdown(&mut self) -> ! {
         log!("shutting down");
-        while self.tx.pending() > 0 && !self.tx.broken {
-            self.tx.wait_writable();
-        }
+        self.tx.drain();
         if self.boot {
             boot::power_off();
         }

@@ -279,7 +279,74 @@ fn python_jobs_take_the_path_asked_for(py: Python) {
     assert_eq!(text(&init.run(&hashseed).stdout), "False\n", "PYTHON* variables take the exec path");
 }
 
+/// A host that stops reading stalls only itself: for 10 s it reads nothing
+/// while a job floods its output, and meanwhile another job's timeout
+/// fires on time and orphans are reaped; then every byte arrives, in order.
+/// (Checked to fail when a full send queue waits for the host, as it once
+/// did: the pings' answers filled it, and the timed job lasted the stall.)
+fn a_host_that_stops_reading_stalls_only_itself(py: Python) {
+    let mut init = Init::start_on(py, Mode::Subreaper);
+    let lines = 1_000_000;
+    let mut flood = Job::python(format!(
+        "import sys\nw = sys.stdout.write\nfor i in range({lines}):\n    w(f'{{i}}\\n')"
+    ));
+    flood.stdout_limit = 64 << 20;
+    let flood = init.agent.submit(&flood).unwrap();
+    // End at once, 60 KB each still in their pipes (which hold 64 KB):
+    // the init must neither wait for the host to take it nor drop it.
+    let bursts: Vec<u32> = (0..2)
+        .map(|_| init.agent.submit(&Job::python("import sys; sys.stdout.write('x' * 60_000)")).unwrap())
+        .collect();
+    let mut sleeper = Job::shell("sleep 100");
+    // After the bursts have ended (1.5 s with the drain grace).
+    sleeper.timeout = Some(Duration::from_secs(2));
+    let sleeper = init.agent.submit(&sleeper).unwrap();
+    // Orphans, and their zombies gone while the host still is not reading.
+    let reaped = init
+        .agent
+        .submit(&Job::python(format!(
+            "{}\nimport os, time\nfor _ in range(50):\n    z = 0\n    for p in os.listdir('/proc'):\n        try:\n            s = open(f'/proc/{{p}}/status').read()\n        except OSError:\n            continue\n        z += 'State:\\tZ' in s and f'PPid:\\t{{os.getppid()}}\\n' in s\n    if z == 0:\n        break\n    time.sleep(0.1)\nprint('zombies', z)",
+            common::double_forks(10)
+        )))
+        .unwrap();
+    // And pings it cannot answer while the host does not read: it takes
+    // what it has room to answer, the rest waits in the port.
+    let pings: Vec<u8> =
+        (0..PINGS).flat_map(|seq| postcard::to_stdvec_cobs(&proto::Request::Ping { seq }).unwrap()).collect();
+    init.agent.send_raw(&pings).unwrap();
+    std::thread::sleep(Duration::from_secs(10));
+
+    let out = init.agent.wait_job(sleeper, &mut |_, _| {}).unwrap();
+    assert!(out.timed_out);
+    assert!(out.duration < Duration::from_secs(5), "the timeout fired after {:?}", out.duration);
+    let out = init.agent.wait_job(reaped, &mut |_, _| {}).unwrap();
+    assert_eq!(text(&out.stdout), "SPAWNED:10\nzombies 0\n", "{:?} {}", out.exit, text(&out.stderr));
+    for burst in bursts {
+        let out = init.agent.wait_job(burst, &mut |_, _| {}).unwrap();
+        assert!(out.stdout == vec![b'x'; 60_000] && !out.stdout_truncated, "{} bytes", out.stdout.len());
+    }
+    let out = init.agent.wait_job(flood, &mut |_, _| {}).unwrap();
+    assert!(!out.stdout_truncated && out.exit == Exit::Code(0));
+    let want: String = (0..lines).map(|i| format!("{i}\n")).collect();
+    assert!(
+        out.stdout == want.as_bytes(),
+        "{} bytes came back, {} were written",
+        out.stdout.len(),
+        want.len()
+    );
+    for seq in 0..PINGS {
+        let pong = init.agent.next_event_for(|e| matches!(e, GuestEvent::Pong { .. })).unwrap();
+        assert!(matches!(pong, GuestEvent::Pong { seq: s, .. } if s == seq), "{pong:?} for {seq}");
+    }
+}
+
+/// Pings sent during the stall: their frames fit the socket's buffer (so
+/// the test's own write does not block), their answers overflow the
+/// init's send queue.
+const PINGS: u32 = 20_000;
+
 both_paths!(
+    a_host_that_stops_reading_stalls_only_itself,
     python_jobs_take_the_path_asked_for,
     python_runs_code_as_python3_file_does,
     python_and_shell_hello,

@@ -18,7 +18,7 @@ pub mod zygote;
 
 use core::mem;
 
-use proto::{ErrorKind, Event, Exit, Exited, Lang, MAX_CHUNK, MAX_FRAME, Run, Stream};
+use proto::{ErrorKind, Event, Exit, Exited, Lang, MAX_CHUNK, Run, Stream};
 use rustix::fd::{AsFd, BorrowedFd, OwnedFd};
 use rustix::fs::{FileType, MemfdFlags};
 use rustix::io::Errno;
@@ -116,6 +116,9 @@ pub struct Running {
     machine: Machine,
     sinks: Streams<Sink>,
     started_ns: u64,
+    /// When the job was over, if its end waits for the host to read its
+    /// output (the duration reported is the job's, not the host's).
+    ended_ns: Option<u64>,
 }
 
 impl Running {
@@ -362,6 +365,7 @@ impl Jobs {
             machine: Machine::new(),
             sinks: Streams([Sink::new(job.limits[Stream::Stdout]), Sink::new(job.limits[Stream::Stderr])]),
             started_ns,
+            ended_ns: None,
         });
         self.started += 1;
         Ok(pid)
@@ -484,7 +488,7 @@ impl Jobs {
 
     /// A job's pipe is readable (or at end of file).
     pub fn on_pipe(&mut self, i: usize, stream: Stream, tx: &mut Tx) {
-        if tx.room() < MAX_FRAME {
+        if tx.room() < crate::port::OUTPUT_ROOM {
             // The queue is full; the loop pauses pipe reads.
             return;
         }
@@ -574,6 +578,7 @@ impl Jobs {
 
     /// Carries out what a job's machine decided.
     fn apply(&mut self, i: usize, step: Step, tx: &mut Tx) {
+        let paused = self.paused;
         let Some(job) = self.running(i) else { return };
         if let Some(signal) = step.signal {
             let _ = job.signal(signal);
@@ -582,6 +587,14 @@ impl Jobs {
             arm(&job.timer, ms);
         }
         if step.finish {
+            if paused && job.pipes.0.iter().any(Option::is_some) {
+                // Its pipes are not being read because the host is not
+                // reading: what is in them would be lost. The job ends once
+                // they are read (or the next grace passes with room).
+                job.ended_ns.get_or_insert_with(sys::boottime_ns);
+                arm(&job.timer, machine::DRAIN_GRACE_MS);
+                return;
+            }
             self.finish(i, tx);
         }
     }
@@ -606,6 +619,13 @@ impl Jobs {
             let Some(pipe) = job.pipes[stream].take() else { continue };
             for _ in 0..FINAL_READS {
                 let Ok(n @ 1..) = rustix::io::read(&pipe, &mut self.output[..]) else { break };
+                // A chunk and its frame, above the room answers need.
+                if tx.room() < crate::port::REQUEST_ROOM + n + 64 {
+                    // The host is not reading and the job is over: what
+                    // its escaped writers left is dropped, and said so.
+                    job.sinks[stream].truncated = true;
+                    break;
+                }
                 job.forward(tx, stream, &self.output[..n]);
             }
         }
@@ -616,7 +636,7 @@ impl Jobs {
             timed_out: job.machine.timed_out,
             stdout_truncated: job.sinks[Stream::Stdout].truncated,
             stderr_truncated: job.sinks[Stream::Stderr].truncated,
-            duration_us: sys::boottime_ns().saturating_sub(job.started_ns) / 1000,
+            duration_us: job.ended_ns.unwrap_or_else(sys::boottime_ns).saturating_sub(job.started_ns) / 1000,
         };
         tx.send(&Event::Exited(exited));
     }
