@@ -25,7 +25,7 @@ use crate::qmp::QmpError;
 use crate::vm::{Console, Launch, Ram, Vm, VmConfig, qemu_args, shell_quote};
 
 /// First line of every key; bumped when what a template holds changes.
-const FORMAT: &str = "pid1 template 3";
+const FORMAT: &str = "pid1 template 4";
 
 /// How long the Python zygote may take to be ready after the init's
 /// Ready (about a second under TCG).
@@ -146,6 +146,7 @@ impl Template {
             return Ok(true);
         }
         sweep_abandoned_builds(&self.root);
+        sweep_stale_templates(&self.root);
         let _ = fs::remove_dir_all(self.dir());
         let building = self.root.join(format!(".build-{}-{}", self.name, std::process::id()));
         fs::create_dir(&building).map_err(write(&building))?;
@@ -229,17 +230,8 @@ fn key(config: &VmConfig, accel: Accel) -> Result<String, TemplateError> {
     for (what, path) in [("qemu", &qemu), ("kernel", &config.kernel), ("rootfs", &config.rootfs)] {
         let input = |source| TemplateError::Input { path: path.clone(), source };
         let real = fs::canonicalize(path).map_err(input)?;
-        let m = fs::metadata(&real).map_err(input)?;
-        key.push_str(&format!(
-            "{what} {} size={} mtime={}.{} ctime={}.{} ino={}\n",
-            real.display(),
-            m.len(),
-            m.mtime(),
-            m.mtime_nsec(),
-            m.ctime(),
-            m.ctime_nsec(),
-            m.ino()
-        ));
+        let identity = file_identity(&real).map_err(input)?;
+        key.push_str(&format!("{what} {} {identity}\n", real.display()));
     }
     // The machine exactly as QEMU is told, with per-VM paths left out.
     let cmdline = crate::vm::kernel_cmdline_for(config, accel);
@@ -256,6 +248,45 @@ fn key(config: &VmConfig, accel: Accel) -> Result<String, TemplateError> {
         key.push('\n');
     }
     Ok(key)
+}
+
+/// What identifies a file's content without reading it: any write changes
+/// its ctime.
+fn file_identity(path: &Path) -> std::io::Result<String> {
+    let m = fs::metadata(path)?;
+    Ok(format!(
+        "size={} mtime={}.{} ctime={}.{} ino={}",
+        m.len(),
+        m.mtime(),
+        m.mtime_nsec(),
+        m.ctime(),
+        m.ctime_nsec(),
+        m.ino()
+    ))
+}
+
+/// Removes the templates whose input files changed or are gone, or that an
+/// older vmhost made: no configuration can restore them again (a rootfs
+/// rebuilt, a kernel upgraded), and each holds tens of MiB.
+fn sweep_stale_templates(root: &Path) {
+    let Ok(entries) = fs::read_dir(root) else { return };
+    for entry in entries.flatten() {
+        let Ok(meta) = fs::read_to_string(entry.path().join("meta")) else { continue };
+        // `WHAT PATH size=… mtime=… ctime=… ino=…`, the path possibly with
+        // spaces: split from both ends.
+        let made_by_another_format = meta.lines().next() != Some(FORMAT);
+        let stale = made_by_another_format
+            || meta.lines().skip(1).take(3).any(|line| {
+                let fields: Vec<&str> = line.rsplitn(5, ' ').collect();
+                let [ino, ctime, mtime, size, named] = fields[..] else { return true };
+                let Some((_, path)) = named.split_once(' ') else { return true };
+                let identity = format!("{size} {mtime} {ctime} {ino}");
+                file_identity(Path::new(path)).map_or(true, |now| now != identity)
+            });
+        if stale {
+            let _ = fs::remove_dir_all(entry.path());
+        }
+    }
 }
 
 /// `program` as the shell would find it.

@@ -80,9 +80,10 @@ impl Default for VmConfig {
 
 /// `$XDG_CACHE_HOME/pid1`, else `~/.cache/pid1`, else a directory in /tmp.
 pub fn default_cache_dir() -> PathBuf {
-    std::env::var_os("XDG_CACHE_HOME")
-        .map(PathBuf::from)
-        .or_else(|| std::env::var_os("HOME").map(|home| PathBuf::from(home).join(".cache")))
+    // The XDG rule: a relative (or empty) value is to be ignored.
+    let absolute = |var: &str| std::env::var_os(var).map(PathBuf::from).filter(|path| path.is_absolute());
+    absolute("XDG_CACHE_HOME")
+        .or_else(|| absolute("HOME").map(|home| home.join(".cache")))
         .unwrap_or_else(std::env::temp_dir)
         .join("pid1")
 }
