@@ -139,6 +139,17 @@ impl Running {
         }
     }
 
+    /// Its leader is `pid` (which the zygote forked, or an exec after the
+    /// zygote died): `Started`, and the signal asked for meanwhile.
+    fn forked(&mut self, pid: Pid, tx: &mut Tx) {
+        self.pid = Some(pid);
+        self.handoff = None;
+        tx.send(&Event::Started { job: self.id, pid: pid.as_raw_pid().unsigned_abs() });
+        if let Some(signal) = self.pending.take() {
+            let _ = self.signal(signal);
+        }
+    }
+
     /// Sends what the job wrote on `stream`, up to its output limit; the
     /// rest is dropped and the stream flagged truncated.
     fn forward(&mut self, tx: &mut Tx, stream: Stream, data: &[u8]) {
@@ -427,12 +438,7 @@ impl Jobs {
                 });
                 continue;
             };
-            running.pid = Some(pid);
-            running.handoff = None;
-            tx.send(&Event::Started { job, pid: pid.as_raw_pid().unsigned_abs() });
-            if let Some(signal) = running.pending.take() {
-                let _ = running.signal(signal);
-            }
+            running.forked(pid, tx);
             let early = self.early.iter_mut().find(|e| matches!(e, Some((p, _)) if *p == pid));
             if let Some((_, exit)) = early.and_then(Option::take) {
                 self.on_reaped(pid, exit, tx);
@@ -447,13 +453,7 @@ impl Jobs {
             let JobState::Running(job) = state else { continue };
             let Some([code, out, err]) = job.handoff.take() else { continue };
             match spawn::spawn(&self.config, Lang::Python, code.as_fd(), [out.as_fd(), err.as_fd()], env) {
-                Ok(pid) => {
-                    job.pid = Some(pid);
-                    tx.send(&Event::Started { job: job.id, pid: pid.as_raw_pid().unsigned_abs() });
-                    if let Some(signal) = job.pending.take() {
-                        let _ = job.signal(signal);
-                    }
-                }
+                Ok(pid) => job.forked(pid, tx),
                 Err(_) => {
                     let id = job.id;
                     *state = JobState::Free;
