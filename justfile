@@ -89,6 +89,20 @@ test: image lint
     cargo test --release -p proto --features std
     cargo test --release -p host
 
+# Fuzz the frame reader and request decoding, RUNS executions each (nightly + cargo-fuzz); corpus and crashes in fuzz/ are replayed by `just test`
+fuzz runs="5000000":
+    #!/usr/bin/env bash
+    set -euo pipefail
+    if ! rustup toolchain list | grep -q '^nightly'; then
+        echo "fuzz: needs a nightly toolchain (rustup toolchain install nightly)" >&2
+        exit 1
+    fi
+    command -v cargo-fuzz >/dev/null || cargo install --locked cargo-fuzz
+    for target in frames requests; do
+        cargo +nightly fuzz run --fuzz-dir fuzz "$target" -- -runs="{{runs}}" -max_len=4096
+        cargo +nightly fuzz cmin --fuzz-dir fuzz "$target"
+    done
+
 # ---- benchmarks ---------------------------------------------------------
 
 # Boot N VMs per job kind, alternating with a busybox-sh baseline init; medians and ratios
