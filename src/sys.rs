@@ -403,19 +403,19 @@ struct Termios {
 pub fn make_raw(tty: BorrowedFd<'_>) -> Result<()> {
     const TCGETS: usize = 0x5401;
     const TCSETS: usize = 0x5402;
-    let g = linux_raw_sys::general::IGNBRK
-        | linux_raw_sys::general::BRKINT
-        | linux_raw_sys::general::PARMRK
-        | linux_raw_sys::general::ISTRIP
-        | linux_raw_sys::general::INLCR
-        | linux_raw_sys::general::IGNCR
-        | linux_raw_sys::general::ICRNL
-        | linux_raw_sys::general::IXON;
+    let input = sys::IGNBRK
+        | sys::BRKINT
+        | sys::PARMRK
+        | sys::ISTRIP
+        | sys::INLCR
+        | sys::IGNCR
+        | sys::ICRNL
+        | sys::IXON;
     let mut t = Termios { iflag: 0, oflag: 0, cflag: 0, lflag: 0, line: 0, cc: [0; 19] };
     let fd = tty.as_raw_fd() as usize;
     // SAFETY: `t` is a valid kernel termios, which the kernel fills in.
     unsafe { syscall(sys::__NR_ioctl, [fd, TCGETS, (&raw mut t).expose_provenance(), 0]) }?;
-    t.iflag &= !g;
+    t.iflag &= !input;
     t.oflag &= !sys::OPOST;
     t.lflag &= !(sys::ECHO | sys::ECHONL | sys::ICANON | sys::ISIG | sys::IEXTEN);
     t.cflag = (t.cflag & !(sys::CSIZE | sys::PARENB)) | sys::CS8;

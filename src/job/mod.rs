@@ -386,8 +386,11 @@ impl Jobs {
     /// script, or the init is not root and could not make it drop to the
     /// job user). Jobs take the exec path until it says it is ready.
     pub fn start_zygote(&mut self, poll: &Poll) {
-        let absent = rustix::fs::access(self.config.zygote, rustix::fs::Access::READ_OK).is_err();
-        if self.zygote.is_some() || absent || !rustix::process::getuid().is_root() {
+        // Called after every job start: the common case returns first.
+        if self.zygote.is_some()
+            || !rustix::process::getuid().is_root()
+            || rustix::fs::access(self.config.zygote, rustix::fs::Access::READ_OK).is_err()
+        {
             return;
         }
         match Zygote::start(&self.config) {
@@ -406,15 +409,7 @@ impl Jobs {
             let reply = match zygote.read() {
                 Ok(Some(reply)) => reply,
                 Ok(None) => return,
-                Err(_) => {
-                    // Gone or garbled: its jobs in flight are exec'd, the
-                    // next Python job starts a new one.
-                    if let Some(zygote) = self.zygote.take() {
-                        let _ = sys::kill_process(zygote.pid, Signal::KILL);
-                    }
-                    self.exec_unforked(tx);
-                    return;
-                }
+                Err(_) => return self.zygote_gone(tx),
             };
             let (job, pid) = match reply {
                 Reply::Ready => {
@@ -446,7 +441,19 @@ impl Jobs {
         }
     }
 
-    /// The zygote is gone: the jobs it had not forked yet are exec'd, with
+    /// The zygote exited or its pipe broke (then it is killed): the next
+    /// Python job starts a new one, and the jobs it had not forked yet are
+    /// exec'd now.
+    fn zygote_gone(&mut self, tx: &mut Tx) {
+        if let Some(zygote) = self.zygote.take()
+            && !zygote.exited
+        {
+            let _ = sys::kill_process(zygote.pid, Signal::KILL);
+        }
+        self.exec_unforked(tx);
+    }
+
+    /// The jobs the zygote had not forked yet are exec'd, with
     /// the code and pipes that were held for it.
     fn exec_unforked(&mut self, tx: &mut Tx) {
         for (state, env) in self.states.iter_mut().zip(self.envs.iter()) {
@@ -523,10 +530,12 @@ impl Jobs {
     pub fn on_reaped(&mut self, pid: Pid, exit: Exit, tx: &mut Tx) -> bool {
         if self.zygote.as_ref().is_some_and(|z| z.pid == pid) {
             log!("the Python zygote exited");
+            if let Some(zygote) = &mut self.zygote {
+                zygote.exited = true;
+            }
             // What it said before it died still counts.
             self.on_zygote(tx);
-            self.zygote = None;
-            self.exec_unforked(tx);
+            self.zygote_gone(tx);
             return true;
         }
         let leader = self.states.iter().position(

@@ -41,6 +41,8 @@ pub struct Zygote {
     /// Watched by the loop.
     pub replies: OwnedFd,
     pub ready: bool,
+    /// Reaped already: its pid is no longer its own to signal.
+    pub exited: bool,
 }
 
 impl Zygote {
@@ -49,7 +51,7 @@ impl Zygote {
         let (replies, replies_write) = spawn::pipe()?;
         rustix::fs::fcntl_setfl(&requests, rustix::fs::OFlags::NONBLOCK)?;
         let pid = spawn::zygote(config, requests_read.as_fd(), replies_write.as_fd())?;
-        Ok(Zygote { pid, requests, replies, ready: false })
+        Ok(Zygote { pid, requests, replies, ready: false, exited: false })
     }
 
     /// Asks for a leader running `code` with `pipes` (stdout, stderr), the
