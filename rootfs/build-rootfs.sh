@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Builds the guest root filesystem as a read-only erofs image: Debian's
-# Python 3.11 and busybox-static, trimmed, every .pyc precompiled, the job
-# user, and the init at /sbin/init. Same inputs, same image bytes: fixed
+# Python 3.11, bash and busybox-static in a merged /usr, trimmed, every .pyc
+# precompiled, the job user, and the init at /sbin/init. Same inputs, same image bytes: fixed
 # timestamps, owners and UUID. Prints the image path on stdout.
 #
 # usage: build-rootfs.sh INIT_BINARY
@@ -56,16 +56,31 @@ py="$root/usr/lib/python3.11"
 rm -rf "$py"/{test,idlelib,tkinter,turtledemo,ensurepip,lib2to3,distutils/tests,unittest/test,config-3.11-x86_64-linux-gnu}
 find "$root" -name '*.a' -delete
 
-# Filesystem skeleton: mount points for what the init mounts, and /bin/sh.
-mkdir -p "$root"/{proc,sys,dev,tmp,run,root,home/user,sbin,usr/local/bin,etc,bin}
-busybox="$root/bin/busybox"
+# A merged /usr, as in Debian 12: /bin, /sbin and /lib are links into /usr,
+# so scripts find /usr/bin/env as well as /bin/sh.
+for dir in bin sbin lib lib64; do
+    mkdir -p "$root/usr/$dir"
+    if [ -d "$root/$dir" ] && [ ! -L "$root/$dir" ]; then
+        cp -a "$root/$dir/." "$root/usr/$dir/"
+        rm -rf "${root:?}/$dir"
+    fi
+    ln -sfn "usr/$dir" "$root/$dir"
+done
+# Filesystem skeleton: mount points for what the init mounts, /mnt for
+# scripts that mount (and must meet EPERM, not ENOENT), and /var/tmp, which
+# is the writable /tmp (the image is read-only; a VM lives for one run).
+mkdir -p "$root"/{proc,sys,dev,tmp,run,root,home/user,mnt,var,usr/local/bin,etc}
+ln -sfn /tmp "$root/var/tmp"
+# busybox supplies every applet Debian's packages here do not: /bin/sh,
+# env, awk, coreutils.
+busybox="$root/usr/bin/busybox"
 for applet in $("$busybox" --list); do
-    [ -e "$root/bin/$applet" ] || [ -e "$root/usr/bin/$applet" ] || ln -s busybox "$root/bin/$applet"
+    [ -e "$root/usr/bin/$applet" ] || [ -e "$root/usr/sbin/$applet" ] || ln -s busybox "$root/usr/bin/$applet"
 done
 ln -sf python3.11 "$root/usr/bin/python3"
 ln -sf python3 "$root/usr/bin/python"
-install -m 0755 "$init" "$root/sbin/init"
-install -m 0755 "$here/baseline-init.sh" "$root/sbin/baseline-init"
+install -m 0755 "$init" "$root/usr/sbin/init"
+install -m 0755 "$here/baseline-init.sh" "$root/usr/sbin/baseline-init"
 install -D -m 0644 "$here/zygote.py" "$root/usr/lib/pid1/zygote.py"
 
 cat > "$root/etc/passwd" <<'PASSWD'

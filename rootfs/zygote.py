@@ -29,7 +29,7 @@ import gc
 
 REQUESTS, REPLIES = 3, 4
 READY, SPAWNED, FAILED = 0, 1, 2
-HEADER = struct.Struct("=7I")
+HEADER = struct.Struct("=8I")
 REPLY = struct.Struct("=3I")
 SCRIPT = "/proc/self/fd/3"
 PR_SET_NO_NEW_PRIVS = 38
@@ -84,7 +84,7 @@ def serve():
         header = read_exact(HEADER.size)
         if header is None:
             os._exit(0)  # the init is gone
-        length, job, code, out, err, has_cwd, uid = HEADER.unpack(header)
+        length, job, code, out, err, has_cwd, uid, stdin = HEADER.unpack(header)
         block = read_exact(length) if length else b""
         if block is None:
             os._exit(0)
@@ -93,7 +93,8 @@ def serve():
             fds = [os.open(f"/proc/{INIT}/fd/{code}", os.O_RDONLY | os.O_CLOEXEC),
                    os.open(f"/proc/{INIT}/fd/{out}", os.O_WRONLY | os.O_CLOEXEC),
                    os.open(f"/proc/{INIT}/fd/{err}", os.O_WRONLY | os.O_CLOEXEC),
-                   os.open("/dev/null", os.O_RDONLY | os.O_CLOEXEC)]
+                   os.open(f"/proc/{INIT}/fd/{stdin}" if stdin else "/dev/null",
+                           os.O_RDONLY | os.O_CLOEXEC)]
         except OSError:
             reply(FAILED, job, 0)
             continue

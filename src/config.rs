@@ -47,7 +47,7 @@ impl Config {
             port: None,
             jobs: JobConfig {
                 python: c"/usr/bin/python3",
-                shell: c"/bin/sh",
+                shell: c"/bin/bash",
                 home: c"/home/user",
                 uid: 1000,
                 zygote: c"/usr/lib/pid1/zygote.py",

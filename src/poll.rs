@@ -23,6 +23,8 @@ pub enum Token {
     Timer(usize),
     /// The Python zygote replied.
     Zygote,
+    /// A job's stdin pipe has room.
+    Stdin(usize),
 }
 
 impl Token {
@@ -36,6 +38,7 @@ impl Token {
             Token::Pipe(slot, Stream::Stderr) => (4, slot),
             Token::Timer(slot) => (5, slot),
             Token::Zygote => (6, 0),
+            Token::Stdin(slot) => (7, slot),
         };
         kind | (slot as u64) << 8
     }
@@ -51,6 +54,7 @@ impl Token {
             4 => Token::Pipe(slot, Stream::Stderr),
             5 => Token::Timer(slot),
             6 => Token::Zygote,
+            7 => Token::Stdin(slot),
             _ => return None,
         })
     }
@@ -58,7 +62,7 @@ impl Token {
     /// What epoll watches the descriptor for while interest is on.
     fn interest(self) -> epoll::EventFlags {
         match self {
-            Token::PortTx => epoll::EventFlags::OUT,
+            Token::PortTx | Token::Stdin(_) => epoll::EventFlags::OUT,
             _ => epoll::EventFlags::IN,
         }
     }
@@ -114,10 +118,11 @@ mod tests {
             Token::Pipe(last, Stream::Stderr),
             Token::Timer(last),
             Token::Zygote,
+            Token::Stdin(last),
         ] {
             assert_eq!(Token::decode(token.encode(), 16), Some(token));
         }
-        assert_eq!(Token::decode(7, 16), None);
+        assert_eq!(Token::decode(8, 16), None);
         assert_eq!(Token::decode(Token::Timer(16).encode(), 16), None);
     }
 }

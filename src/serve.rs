@@ -125,6 +125,7 @@ impl Server {
                     Token::Pipe(slot, stream) => self.jobs.on_pipe(slot, stream, &mut self.tx),
                     Token::Timer(slot) => self.jobs.on_timer(slot, &mut self.tx),
                     Token::Zygote => self.jobs.on_zygote(&mut self.tx),
+                    Token::Stdin(slot) => self.jobs.on_stdin(slot, &self.poll, &mut self.tx),
                 }
             }
             self.tx.flush();
@@ -220,6 +221,9 @@ impl Server {
                     loaded => (job, loaded.map(drop)),
                 },
                 Request::Signal { job, signal } => (job, self.jobs.signal(job, signal)),
+                Request::Stdin { job, data, end } => {
+                    (job, self.jobs.stdin(job, data, end, &self.poll, &mut self.tx))
+                }
                 Request::Ping { seq } => {
                     self.tx.send(&Event::Pong { seq, stats: stats(&self.jobs, self.orphans_reaped) });
                     continue;

@@ -4,6 +4,7 @@
 use std::collections::VecDeque;
 use std::io::{ErrorKind as IoKind, Read, Write};
 use std::os::unix::net::UnixStream;
+use std::sync::mpsc::{self, Receiver, TryRecvError};
 use std::time::Duration;
 
 use proto::{Env, ErrorKind, Event, Exit, Exited, Frame, FrameReader, Lang, Request, Run, Stats, Stream};
@@ -25,6 +26,9 @@ pub struct Job {
     pub stderr_limit: u32,
     /// Python: exec a fresh `python3` rather than fork the warm zygote.
     pub fresh: bool,
+    /// The job's stdin; `None`: `/dev/null`. To stream it from a reader,
+    /// use [`Agent::run_with_input`].
+    pub stdin: Option<Vec<u8>>,
 }
 
 impl Job {
@@ -38,6 +42,7 @@ impl Job {
             stdout_limit: proto::DEFAULT_OUTPUT_LIMIT,
             stderr_limit: proto::DEFAULT_OUTPUT_LIMIT,
             fresh: false,
+            stdin: None,
         }
     }
 
@@ -59,6 +64,7 @@ pub enum GuestEvent {
     Exited(Exited),
     Error { job: Option<u32>, kind: ErrorKind, message: String },
     Pong { seq: u32, stats: Stats },
+    StdinTaken { job: u32, bytes: u32 },
 }
 
 impl From<Event<'_>> for GuestEvent {
@@ -72,6 +78,7 @@ impl From<Event<'_>> for GuestEvent {
                 GuestEvent::Error { job, kind, message: message.to_owned() }
             }
             Event::Pong { seq, stats } => GuestEvent::Pong { seq, stats },
+            Event::StdinTaken { job, bytes } => GuestEvent::StdinTaken { job, bytes },
         }
     }
 }
@@ -109,6 +116,8 @@ pub struct Agent {
     next_job: u32,
     next_seq: u32,
     timeout: Option<Duration>,
+    /// A job that ended before all its stdin was sent.
+    stale_stdin: Option<u32>,
 }
 
 impl Agent {
@@ -122,6 +131,7 @@ impl Agent {
             next_job: 1,
             next_seq: 1,
             timeout: None,
+            stale_stdin: None,
         }
     }
 
@@ -166,6 +176,10 @@ impl Agent {
 
     /// [`Agent::submit`] with a caller-chosen id.
     pub fn submit_as(&mut self, id: u32, job: &Job) -> Result<()> {
+        self.submit_with(id, job, job.stdin.is_some())
+    }
+
+    fn submit_with(&mut self, id: u32, job: &Job, stdin: bool) -> Result<()> {
         let mut env = heapless::Vec::new();
         for (name, value) in &job.env {
             env.push(Env { name, value }).map_err(|_| {
@@ -191,6 +205,7 @@ impl Agent {
             stdout_limit: job.stdout_limit,
             stderr_limit: job.stderr_limit,
             fresh: job.fresh,
+            stdin,
         };
         let mut frames = postcard::to_stdvec_cobs(&Request::Run(run)).map_err(AgentError::Encode)?;
         for chunk in job.code.chunks(proto::MAX_CHUNK) {
@@ -203,38 +218,132 @@ impl Agent {
     /// Runs a job to its end, passing output to `on_output` as it arrives.
     pub fn run(&mut self, job: &Job, mut on_output: impl FnMut(Stream, &[u8])) -> Result<Outcome> {
         let id = self.submit(job)?;
-        self.wait_job(id, &mut on_output)
+        match &job.stdin {
+            Some(bytes) => self.feed_job(id, &mut Input::Bytes(bytes, 0), &mut on_output),
+            None => self.wait_job(id, &mut on_output),
+        }
+    }
+
+    /// [`Agent::run`] with the job's stdin streamed from `input` (read on a
+    /// thread of its own, so that a source that blocks, like a terminal,
+    /// never holds up the job's output) until its end of file.
+    pub fn run_with_input(
+        &mut self,
+        job: &Job,
+        input: impl Read + Send + 'static,
+        mut on_output: impl FnMut(Stream, &[u8]),
+    ) -> Result<Outcome> {
+        let id = self.next_job;
+        self.next_job += 1;
+        self.submit_with(id, job, true)?;
+        let (chunks, rx) = mpsc::sync_channel(2);
+        std::thread::spawn(move || {
+            let mut input = input;
+            loop {
+                let mut chunk = vec![0; proto::MAX_CHUNK];
+                let read = match input.read(&mut chunk) {
+                    Ok(0) => break,
+                    Ok(n) => Ok(chunk[..n].to_vec()),
+                    Err(e) if e.kind() == IoKind::Interrupted => continue,
+                    Err(e) => Err(e),
+                };
+                let failed = read.is_err();
+                // The job ended: no one takes the rest.
+                if chunks.send(read).is_err() || failed {
+                    break;
+                }
+            }
+        });
+        self.feed_job(id, &mut Input::Reader(rx), &mut on_output)
+    }
+
+    /// Waits for a job as [`Agent::wait_job`] does, sending its stdin as
+    /// the init takes it: never more than `STDIN_WINDOW` bytes ahead.
+    fn feed_job(
+        &mut self,
+        id: u32,
+        input: &mut Input<'_>,
+        on_output: &mut dyn FnMut(Stream, &[u8]),
+    ) -> Result<Outcome> {
+        let mut window = proto::STDIN_WINDOW as usize;
+        let mut pending: Vec<u8> = Vec::new();
+        let mut read_all = false;
+        let mut sent_end = false;
+        let mut input_error = None;
+        let mut collected = Collected::default();
+        loop {
+            while !sent_end && window > 0 {
+                if pending.is_empty() && !read_all {
+                    match input.next() {
+                        Next::Chunk(chunk) => pending = chunk,
+                        Next::Pending => break,
+                        Next::End => read_all = true,
+                        Next::Failed(e) => {
+                            input_error = Some(e);
+                            read_all = true;
+                        }
+                    }
+                }
+                let n = pending.len().min(window).min(proto::MAX_CHUNK);
+                let end = read_all && n == pending.len();
+                self.send(&Request::Stdin { job: id, data: &pending[..n], end })?;
+                pending.drain(..n);
+                window -= n;
+                sent_end = end;
+            }
+            // Waiting on the input: look back at it now and then.
+            let waiting_on_input = !sent_end && window > 0;
+            let event = if waiting_on_input {
+                match self.event_within(id, Duration::from_millis(10))? {
+                    Some(event) => event,
+                    None => continue,
+                }
+            } else {
+                self.next_event_for(|e| event_job(e) == Some(id))?
+            };
+            if let GuestEvent::StdinTaken { bytes, .. } = event {
+                window += bytes as usize;
+            } else if let Some(outcome) = collected.take(event, on_output)? {
+                if !sent_end {
+                    // The init refuses what still comes for a job it has
+                    // finished; those answers are not for anyone.
+                    self.stale_stdin = Some(id);
+                }
+                return match input_error {
+                    Some(e) => Err(AgentError::Input(e)),
+                    None => Ok(outcome),
+                };
+            }
+        }
+    }
+
+    /// The next event of job `id`, if one comes within `wait`.
+    fn event_within(&mut self, id: u32, wait: Duration) -> Result<Option<GuestEvent>> {
+        if let Some(i) = self.backlog.iter().position(|e| event_job(e) == Some(id)) {
+            return Ok(self.backlog.remove(i));
+        }
+        self.stream.set_read_timeout(Some(wait)).map_err(AgentError::SetTimeout)?;
+        let event = self.read_event();
+        self.stream.set_read_timeout(self.timeout).map_err(AgentError::SetTimeout)?;
+        match event {
+            Ok(event) if event_job(&event) == Some(id) => Ok(Some(event)),
+            Ok(event) => {
+                self.backlog.push_back(event);
+                Ok(None)
+            }
+            Err(AgentError::Timeout(_)) => Ok(None),
+            Err(e) => Err(e),
+        }
     }
 
     /// Collects a submitted job's events until it exits or is refused.
     /// Events of other jobs stay queued for their own `wait_job`.
     pub fn wait_job(&mut self, id: u32, on_output: &mut dyn FnMut(Stream, &[u8])) -> Result<Outcome> {
-        let (mut stdout, mut stderr, mut pid) = (Vec::new(), Vec::new(), 0);
+        let mut collected = Collected::default();
         loop {
             let event = self.next_event_for(|e| event_job(e) == Some(id))?;
-            match event {
-                GuestEvent::Started { pid: p, .. } => pid = p,
-                GuestEvent::Output { stream, data, .. } => {
-                    on_output(stream, &data);
-                    match stream {
-                        Stream::Stdout => stdout.extend_from_slice(&data),
-                        Stream::Stderr => stderr.extend_from_slice(&data),
-                    }
-                }
-                GuestEvent::Exited(e) => {
-                    return Ok(Outcome {
-                        pid,
-                        exit: e.exit,
-                        timed_out: e.timed_out,
-                        stdout,
-                        stderr,
-                        stdout_truncated: e.stdout_truncated,
-                        stderr_truncated: e.stderr_truncated,
-                        duration: Duration::from_micros(e.duration_us),
-                    });
-                }
-                GuestEvent::Error { kind, message, .. } => return Err(AgentError::Refused { kind, message }),
-                _ => {}
+            if let Some(outcome) = collected.take(event, on_output)? {
+                return Ok(outcome);
             }
         }
     }
@@ -285,7 +394,11 @@ impl Agent {
             if wanted(&event) {
                 return Ok(event);
             }
-            self.backlog.push_back(event);
+            let stale = matches!(&event, GuestEvent::Error { job: Some(j), kind: ErrorKind::UnknownJob, .. }
+                if Some(*j) == self.stale_stdin);
+            if !stale {
+                self.backlog.push_back(event);
+            }
         }
     }
 
@@ -331,9 +444,88 @@ impl Agent {
 
 fn event_job(event: &GuestEvent) -> Option<u32> {
     match event {
-        GuestEvent::Started { job, .. } | GuestEvent::Output { job, .. } => Some(*job),
+        GuestEvent::Started { job, .. }
+        | GuestEvent::Output { job, .. }
+        | GuestEvent::StdinTaken { job, .. } => Some(*job),
         GuestEvent::Exited(e) => Some(e.job),
         GuestEvent::Error { job, .. } => *job,
         _ => None,
+    }
+}
+
+/// What a job sent so far, made into its [`Outcome`] at its end.
+#[derive(Default)]
+struct Collected {
+    pid: u32,
+    stdout: Vec<u8>,
+    stderr: Vec<u8>,
+}
+
+impl Collected {
+    /// Takes one of the job's events; its outcome once it exited.
+    fn take(
+        &mut self,
+        event: GuestEvent,
+        on_output: &mut dyn FnMut(Stream, &[u8]),
+    ) -> Result<Option<Outcome>> {
+        match event {
+            GuestEvent::Started { pid, .. } => self.pid = pid,
+            GuestEvent::Output { stream, data, .. } => {
+                on_output(stream, &data);
+                match stream {
+                    Stream::Stdout => self.stdout.extend_from_slice(&data),
+                    Stream::Stderr => self.stderr.extend_from_slice(&data),
+                }
+            }
+            GuestEvent::Exited(e) => {
+                return Ok(Some(Outcome {
+                    pid: self.pid,
+                    exit: e.exit,
+                    timed_out: e.timed_out,
+                    stdout: std::mem::take(&mut self.stdout),
+                    stderr: std::mem::take(&mut self.stderr),
+                    stdout_truncated: e.stdout_truncated,
+                    stderr_truncated: e.stderr_truncated,
+                    duration: Duration::from_micros(e.duration_us),
+                }));
+            }
+            GuestEvent::Error { kind, message, .. } => return Err(AgentError::Refused { kind, message }),
+            _ => {}
+        }
+        Ok(None)
+    }
+}
+
+/// Where a job's stdin comes from.
+enum Input<'a> {
+    /// These bytes from this offset.
+    Bytes(&'a [u8], usize),
+    /// Chunks a reader thread sends.
+    Reader(Receiver<std::io::Result<Vec<u8>>>),
+}
+
+enum Next {
+    Chunk(Vec<u8>),
+    /// Nothing now; more may come.
+    Pending,
+    End,
+    Failed(std::io::Error),
+}
+
+impl Input<'_> {
+    fn next(&mut self) -> Next {
+        match self {
+            Input::Bytes(bytes, at) => {
+                let chunk = &bytes[*at..bytes.len().min(*at + proto::MAX_CHUNK)];
+                *at += chunk.len();
+                if chunk.is_empty() { Next::End } else { Next::Chunk(chunk.to_vec()) }
+            }
+            Input::Reader(rx) => match rx.try_recv() {
+                Ok(Ok(chunk)) => Next::Chunk(chunk),
+                Ok(Err(e)) => Next::Failed(e),
+                Err(TryRecvError::Empty) => Next::Pending,
+                Err(TryRecvError::Disconnected) => Next::End,
+            },
+        }
     }
 }

@@ -86,6 +86,8 @@ pub enum AgentError {
     Refused { kind: ErrorKind, message: String },
     #[error("invalid job: {0}")]
     InvalidJob(String),
+    #[error("cannot read the job's stdin (the job was given end of file there)")]
+    Input(#[source] std::io::Error),
 }
 
 /// Either component's error.

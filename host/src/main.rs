@@ -2,6 +2,7 @@
 
 use std::error::Error as _;
 use std::io::{Read, Write};
+use std::os::unix::fs::PermissionsExt;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
@@ -10,7 +11,7 @@ use clap::builder::{PossibleValuesParser, TypedValueParser};
 use clap::{Parser, Subcommand, ValueEnum};
 use serde_json::json;
 use vmhost::template::Template;
-use vmhost::{Accel, AgentError, Job, Lang, Stream, Vm, VmConfig};
+use vmhost::{Accel, AgentError, FileError, Job, Lang, Stream, Vm, VmConfig};
 
 /// Exit code when the job timed out (as timeout(1) does).
 const EXIT_TIMEOUT: u8 = 124;
@@ -87,6 +88,18 @@ struct RunArgs {
     /// Python: exec a fresh interpreter instead of forking the warm one.
     #[arg(long)]
     fresh: bool,
+    /// The job's stdin, streamed from this file; `-`: vmexec's own stdin
+    /// (when the code is not read from there). Default: /dev/null.
+    #[arg(long, value_name = "FILE")]
+    stdin: Option<PathBuf>,
+    /// Put a local file into the guest before the job, LOCAL:GUEST (GUEST
+    /// relative to the job's home, or absolute inside it; repeatable).
+    #[arg(long, value_name = "LOCAL:GUEST", value_parser = parse_upload)]
+    upload: Vec<(PathBuf, String)>,
+    /// Get a guest file after the job, GUEST[:LOCAL] (LOCAL defaults to the
+    /// file's name in the current directory; repeatable).
+    #[arg(long, value_name = "GUEST[:LOCAL]", value_parser = parse_download)]
+    download: Vec<(String, PathBuf)>,
     #[command(flatten)]
     vm: VmArgs,
 }
@@ -159,6 +172,20 @@ enum InputError {
         #[source]
         source: std::io::Error,
     },
+    #[error("cannot open the stdin file {}", path.display())]
+    StdinFile {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("--stdin -: vmexec's stdin already holds the code")]
+    StdinTwice,
+    #[error("cannot read the upload {}", path.display())]
+    Upload {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
 }
 
 /// Why a run ended without the job's own exit status.
@@ -168,6 +195,19 @@ enum Failure {
     Input(#[from] InputError),
     #[error(transparent)]
     Vm(#[from] vmhost::Error),
+    #[error("cannot {what} {path}")]
+    File {
+        what: &'static str,
+        path: String,
+        #[source]
+        source: FileError,
+    },
+    #[error("cannot write the download {}", path.display())]
+    Download {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
 }
 
 impl From<AgentError> for Failure {
@@ -194,6 +234,7 @@ impl Failure {
                 (EXIT_REFUSED, "InvalidJob".to_owned())
             }
             Failure::Vm(_) => (EXIT_FAILURE, "Vm".to_owned()),
+            Failure::File { .. } | Failure::Download { .. } => (EXIT_FAILURE, "File".to_owned()),
         }
     }
 
@@ -245,6 +286,18 @@ fn main() -> ExitCode {
 
 fn run(args: RunArgs) -> Result<ExitCode, Failure> {
     let (code, lang) = read_code(&args)?;
+    let input = open_stdin(&args)?;
+    // Read before any VM starts: a missing file fails fast.
+    let uploads = args
+        .upload
+        .iter()
+        .map(|(local, guest)| {
+            let data =
+                std::fs::read(local).map_err(|source| InputError::Upload { path: local.clone(), source })?;
+            let mode = std::fs::metadata(local).map(|m| m.permissions().mode() & 0o777).unwrap_or(0o644);
+            Ok((guest.clone(), data, mode))
+        })
+        .collect::<Result<Vec<_>, InputError>>()?;
     let mut job = Job::new(lang, code);
     job.env = args.env.clone();
     job.cwd = args.cwd.clone();
@@ -265,9 +318,15 @@ fn run(args: RunArgs) -> Result<ExitCode, Failure> {
     // timeout plus a margin for the guest to report it.
     let margin = Duration::from_secs(60);
     vm.agent().set_timeout(job.timeout.map(|t| t + margin))?;
+    for (guest, data, mode) in &uploads {
+        if let Err(source) = vm.write_file(guest, data, *mode) {
+            vm.shutdown();
+            return Err(Failure::File { what: "upload to", path: guest.clone(), source });
+        }
+    }
     let sent = Instant::now();
     let live = !args.json;
-    let outcome = vm.agent().run(&job, |stream, data| {
+    let show = |stream: Stream, data: &[u8]| {
         if live {
             let _ = match stream {
                 Stream::Stdout => {
@@ -276,11 +335,20 @@ fn run(args: RunArgs) -> Result<ExitCode, Failure> {
                 Stream::Stderr => std::io::stderr().lock().write_all(data),
             };
         }
-    });
+    };
+    let outcome = match input {
+        Some(input) => vm.agent().run_with_input(&job, input, show),
+        None => vm.agent().run(&job, show),
+    };
     let exec_ms = sent.elapsed().as_secs_f64() * 1000.0;
+    let downloaded = match &outcome {
+        Ok(_) => download(&mut vm, &args.download),
+        Err(_) => Ok(()),
+    };
     let (accel, start) = (vm.accel(), vm.start());
     vm.shutdown();
     let outcome = outcome?;
+    downloaded?;
     let total_ms = started.elapsed().as_secs_f64() * 1000.0;
 
     if args.json {
@@ -380,6 +448,51 @@ fn round(ms: f64) -> f64 {
     (ms * 10.0).round() / 10.0
 }
 
+/// `--download`: each guest file into its local path.
+fn download(vm: &mut Vm, files: &[(String, PathBuf)]) -> Result<(), Failure> {
+    for (guest, local) in files {
+        let data = vm.read_file(guest).map_err(|source| Failure::File {
+            what: "download",
+            path: guest.clone(),
+            source,
+        })?;
+        std::fs::write(local, data).map_err(|source| Failure::Download { path: local.clone(), source })?;
+    }
+    Ok(())
+}
+
+fn parse_upload(arg: &str) -> Result<(PathBuf, String), String> {
+    match arg.rsplit_once(':') {
+        Some((local, guest)) if !local.is_empty() && !guest.is_empty() => Ok((local.into(), guest.into())),
+        _ => Err(format!("expected LOCAL:GUEST, got {arg:?}")),
+    }
+}
+
+fn parse_download(arg: &str) -> Result<(String, PathBuf), String> {
+    let (guest, local) = match arg.split_once(':') {
+        Some((guest, local)) => (guest, PathBuf::from(local)),
+        None => (arg, PathBuf::from(arg.rsplit('/').next().unwrap_or(arg))),
+    };
+    if guest.is_empty() || local.as_os_str().is_empty() {
+        return Err(format!("expected GUEST[:LOCAL], got {arg:?}"));
+    }
+    Ok((guest.into(), local))
+}
+
+/// Where `--stdin` reads from, opened before any VM starts.
+fn open_stdin(args: &RunArgs) -> Result<Option<Box<dyn Read + Send>>, InputError> {
+    let Some(path) = &args.stdin else { return Ok(None) };
+    if path.as_os_str() == "-" {
+        if args.code.is_none() && args.file.as_ref().is_some_and(|f| f.as_os_str() == "-") {
+            return Err(InputError::StdinTwice);
+        }
+        return Ok(Some(Box::new(std::io::stdin())));
+    }
+    let file =
+        std::fs::File::open(path).map_err(|source| InputError::StdinFile { path: path.clone(), source })?;
+    Ok(Some(Box::new(file)))
+}
+
 /// The code and its language, from `-c`, a file or stdin.
 fn read_code(args: &RunArgs) -> Result<(Vec<u8>, Lang), InputError> {
     let from_extension = |path: &PathBuf| match path.extension().and_then(|e| e.to_str()) {
@@ -405,7 +518,23 @@ fn read_code(args: &RunArgs) -> Result<(Vec<u8>, Lang), InputError> {
     let lang = match args.lang {
         Some(LangArg::Python) => Lang::Python,
         Some(LangArg::Sh) => Lang::Shell,
-        None => guessed.unwrap_or(Lang::Python),
+        None => guessed.or_else(|| from_shebang(&code)).unwrap_or(Lang::Python),
     };
     Ok((code, lang))
+}
+
+/// The language a `#!` line implies: Python for a Python interpreter (it
+/// may then fork from the guest's warm one), else a script the guest's
+/// kernel runs with the interpreter it names, as a shell job.
+fn from_shebang(code: &[u8]) -> Option<Lang> {
+    let code = code.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(code);
+    let line = code.strip_prefix(b"#!")?.split(|&b| b == b'\n').next()?;
+    let line = String::from_utf8_lossy(line);
+    let mut words = line.split_whitespace();
+    let program = match words.next()? {
+        env if env.ends_with("/env") => words.find(|w| !w.starts_with('-'))?,
+        program => program,
+    };
+    let name = program.rsplit('/').next()?;
+    Some(if name.starts_with("python3") || name == "python" { Lang::Python } else { Lang::Shell })
 }

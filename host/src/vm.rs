@@ -12,6 +12,7 @@ use crate::accel::{self, Accel};
 use crate::agent::Agent;
 use crate::cleanup::{self, Registered};
 use crate::error::{AgentError, StartError};
+use crate::files::{FileEntry, FileError};
 use crate::qmp::Qmp;
 use crate::{template, tsc};
 
@@ -281,6 +282,21 @@ impl Vm {
 
     pub fn agent(&mut self) -> &mut Agent {
         &mut self.agent
+    }
+
+    /// Writes `data` to `path` in the guest; see [`crate::files`].
+    pub fn write_file(&mut self, path: &str, data: &[u8], mode: u32) -> std::result::Result<(), FileError> {
+        self.agent.write_file(path, data, mode)
+    }
+
+    /// The bytes of the guest file `path`; see [`crate::files`].
+    pub fn read_file(&mut self, path: &str) -> std::result::Result<Vec<u8>, FileError> {
+        self.agent.read_file(path)
+    }
+
+    /// The entries of the guest directory `path`; see [`crate::files`].
+    pub fn list_files(&mut self, path: &str) -> std::result::Result<Vec<FileEntry>, FileError> {
+        self.agent.list_files(path)
     }
 
     pub fn times(&self) -> BootTimes {

@@ -248,6 +248,58 @@ fn env_cwd_home_and_stdin(py: Python) {
     assert_eq!(text(&out.stdout), format!("{home}\n"), "home is the default working directory");
 }
 
+/// stdin from the host: bytes exact and in order, end of file after them,
+/// on both Python paths and in shell; a job that never reads its stdin
+/// holds up no other job; stdin misuse is refused with a reason.
+fn stdin_streams_to_the_job(py: Python) {
+    let mut init = Init::start_on(py, Mode::Subreaper);
+    // 1 MiB plus a bit: many windows' worth, a partial last chunk.
+    let data: Vec<u8> = (0..(1 << 20) + 12_345).map(|i: u32| (i * 7 % 251).to_le_bytes()[0]).collect();
+    let digest = |bytes: &[u8]| {
+        use sha2::Digest;
+        format!("{:x}", sha2::Sha256::digest(bytes))
+    };
+    let python =
+        "import sys, hashlib\nb = sys.stdin.buffer.read()\nprint(len(b), hashlib.sha256(b).hexdigest())";
+    let out = init.run(&Job { stdin: Some(data.clone()), ..Job::python(python) });
+    assert_eq!(text(&out.stdout), format!("{} {}\n", data.len(), digest(&data)), "{}", text(&out.stderr));
+
+    let out =
+        init.run(&Job { stdin: Some(b"one\ntwo\n".to_vec()), ..Job::shell("read a; cat; echo \"[$a]\"") });
+    assert_eq!(text(&out.stdout), "two\n[one]\n");
+    // Streamed from a reader (a thread reads it), empty: end of file at once.
+    let out = init.agent.run_with_input(&Job::shell("wc -c"), std::io::empty(), |_, _| {}).unwrap();
+    assert_eq!(text(&out.stdout).trim(), "0");
+
+    // A job that reads nothing, given a whole window: the others go on.
+    let sleeper = init.agent.submit(&Job { stdin: Some(Vec::new()), ..Job::shell("sleep 30") }).unwrap();
+    // Its pipe takes 64 KiB (and says so), its window 64 KiB more.
+    let chunk = vec![b'x'; proto::MAX_CHUNK];
+    for _ in 0..2 * proto::STDIN_WINDOW as usize / proto::MAX_CHUNK {
+        init.agent.send(&proto::Request::Stdin { job: sleeper, data: &chunk, end: false }).unwrap();
+    }
+    assert_eq!(text(&init.shell("echo unblocked").stdout), "unblocked\n");
+    // One byte past the window (a host that ignored StdinTaken) is refused.
+    init.agent.send(&proto::Request::Stdin { job: sleeper, data: b"x", end: false }).unwrap();
+    let refused = init.agent.next_event_for(|e| matches!(e, GuestEvent::Error { .. })).unwrap();
+    assert!(
+        matches!(&refused, GuestEvent::Error { job: Some(j), message, .. } if *j == sleeper && message.contains("STDIN_WINDOW")),
+        "{refused:?}"
+    );
+    init.agent.signal(sleeper, 9).unwrap();
+    let out = init.agent.wait_job(sleeper, &mut |_, _| {}).unwrap();
+    assert_eq!(out.code(), 137);
+
+    // stdin for a job started without it.
+    let job = init.agent.submit(&Job::shell("sleep 5")).unwrap();
+    init.agent.send(&proto::Request::Stdin { job, data: b"x", end: true }).unwrap();
+    let refused = init.agent.wait_job(job, &mut |_, _| {}).unwrap_err().to_string();
+    assert!(refused.contains("not started with stdin"), "{refused}");
+    init.agent.signal(job, 9).unwrap();
+    init.agent.wait_job(job, &mut |_, _| {}).unwrap();
+    assert_eq!(init.agent.ping().unwrap().jobs_active, 0);
+}
+
 // No python3, no zygote: the exec path only.
 #[test]
 fn missing_interpreter_exits_127_with_a_message() {
@@ -361,5 +413,6 @@ both_paths!(
     jobs_run_concurrently,
     signal_request_reaches_the_job,
     env_cwd_home_and_stdin,
+    stdin_streams_to_the_job,
     end_of_the_port_shuts_the_init_down,
 );

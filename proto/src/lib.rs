@@ -17,7 +17,7 @@ pub use frame::{Frame, FrameReader, decode, encode};
 pub use message::*;
 
 /// Protocol version, sent in `Ready`; bumped on any incompatible change.
-pub const VERSION: u16 = 2;
+pub const VERSION: u16 = 3;
 
 /// Largest frame on the wire, COBS overhead and delimiter included. Both
 /// sides hold one frame in a static buffer; 64 KiB keeps that small while a
@@ -27,6 +27,11 @@ pub const MAX_FRAME: usize = 64 * 1024;
 /// Largest payload of one `Code` or `Output` message. Half a frame: COBS adds
 /// one byte in 254, and the header is a few bytes, so a chunk always fits.
 pub const MAX_CHUNK: usize = 32 * 1024;
+
+/// Most stdin bytes the host may have sent to one job and not yet seen
+/// acknowledged by `StdinTaken`: what the init holds for a job whose pipe
+/// is full, so a job that never reads its stdin stalls no one else.
+pub const STDIN_WINDOW: u32 = 64 * 1024;
 
 /// Largest job code. 1 MiB covers generated notebooks and test files; the
 /// code travels in `Code` chunks and never sits in the init's memory whole.

@@ -27,11 +27,17 @@ pub enum Request<'a> {
     /// and reseed its CRNG, then answer [`Event::Pong`] with `seq` (or an
     /// [`ErrorKind::Refresh`] error).
     Refresh { seq: u32, realtime_ns: u64, entropy: &'a [u8] },
+    /// The next bytes of the stdin of a job started with `Run.stdin`, at
+    /// most [`crate::MAX_CHUNK`]; `end`: no more follow, the job reads end
+    /// of file once it has read these. The host keeps at most
+    /// [`crate::STDIN_WINDOW`] bytes sent but not yet acknowledged by
+    /// [`Event::StdinTaken`].
+    Stdin { job: u32, data: &'a [u8], end: bool },
 }
 
 /// Number of [`Request`] variants: a frame whose tag is at or past this is a
 /// message from a newer host, reported as [`ErrorKind::UnknownMessage`].
-pub const REQUEST_VARIANTS: u8 = 6;
+pub const REQUEST_VARIANTS: u8 = 7;
 
 /// Most bytes of entropy one [`Request::Refresh`] carries: what the kernel's
 /// CRNG takes in one go (it hashes its input pool into a 32-byte key).
@@ -59,6 +65,9 @@ pub struct Run<'a> {
     /// Python only: exec a fresh interpreter even where a warm one (the
     /// zygote) could be forked.
     pub fresh: bool,
+    /// The job's stdin is a pipe the host feeds with [`Request::Stdin`];
+    /// else it is `/dev/null`.
+    pub stdin: bool,
 }
 
 /// One environment variable of a job.
@@ -122,6 +131,10 @@ pub enum Event<'a> {
     Error { job: Option<u32>, kind: ErrorKind, message: &'a str },
     /// Answer to `Ping`.
     Pong { seq: u32, stats: Stats },
+    /// `bytes` more of the job's stdin left the init for the job's pipe
+    /// (or were dropped because the job closed its stdin): the host may
+    /// send that many more.
+    StdinTaken { job: u32, bytes: u32 },
 }
 
 /// Which output pipe bytes came from.

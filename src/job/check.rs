@@ -103,6 +103,7 @@ pub fn sample_run<'a>(env: &[proto::Env<'a>], cwd: Option<&'a str>) -> Run<'a> {
         stdout_limit: 10,
         stderr_limit: 10,
         fresh: false,
+        stdin: false,
     }
 }
 

@@ -14,13 +14,16 @@ pub mod check;
 pub mod env;
 pub mod machine;
 mod spawn;
+mod stdin;
 pub mod zygote;
 
+use core::ffi::CStr;
+use core::fmt::Write;
 use core::mem;
 
 use proto::{ErrorKind, Event, Exit, Exited, Lang, MAX_CHUNK, Run, Stream};
-use rustix::fd::{AsFd, BorrowedFd, OwnedFd};
-use rustix::fs::{FileType, MemfdFlags};
+use rustix::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
+use rustix::fs::{FileType, MemfdFlags, Mode, OFlags};
 use rustix::io::Errno;
 use rustix::process::Pid;
 use rustix::time::{Itimerspec, TimerfdClockId, TimerfdFlags, TimerfdTimerFlags, Timespec};
@@ -28,6 +31,8 @@ use rustix::time::{Itimerspec, TimerfdClockId, TimerfdFlags, TimerfdTimerFlags, 
 use self::check::{CodeCheck, Refusal, refuse};
 use self::env::EnvBlock;
 use self::machine::{Machine, STREAMS, Sink, Step, Streams};
+use self::spawn::{Fds, Program};
+use self::stdin::{Feed, Window};
 use self::zygote::{Reply, Zygote};
 use crate::config::JobConfig;
 use crate::error::{Os, describe};
@@ -97,6 +102,24 @@ pub struct Loading {
     limits: Streams<u32>,
     /// May be forked from the zygote (see [`zygote_may_run`]).
     zygote: bool,
+    /// Its stdin is fed by the host (else /dev/null).
+    stdin: bool,
+}
+
+/// What the zygote opens through /proc, held by the init until it has.
+struct Handoff {
+    code: OwnedFd,
+    /// The read end of the stdin pipe.
+    stdin: Option<OwnedFd>,
+    out: OwnedFd,
+    err: OwnedFd,
+}
+
+impl Handoff {
+    fn fds(&self) -> Fds<'_> {
+        let stdin = self.stdin.as_ref().map(AsFd::as_fd);
+        Fds { code: self.code.as_fd(), stdin, stdout: self.out.as_fd(), stderr: self.err.as_fd() }
+    }
 }
 
 /// A job whose interpreter was forked.
@@ -105,14 +128,15 @@ pub struct Running {
     /// The leader, which is also the process group id; `None` while the
     /// zygote has not said which process it forked.
     pid: Option<Pid>,
-    /// What the zygote opens through /proc (code, stdout, stderr), held
-    /// until it has.
-    handoff: Option<[OwnedFd; 3]>,
+    /// What the zygote opens, until it has.
+    handoff: Option<Handoff>,
     /// A signal asked for before the pid was known.
     pending: Option<Signal>,
     /// The read ends; `None` once at end of file.
     pipes: Streams<Option<OwnedFd>>,
     timer: OwnedFd,
+    /// The host's bytes on their way to the job's stdin.
+    stdin: Option<Feed>,
     machine: Machine,
     sinks: Streams<Sink>,
     started_ns: u64,
@@ -181,10 +205,14 @@ impl JobState {
 struct Memory {
     envs: [EnvBlock; MAX_JOBS],
     output: [u8; MAX_CHUNK],
+    windows: [Window; MAX_JOBS],
 }
 
-static MEMORY: TakeOnce<Memory> =
-    TakeOnce::new(Memory { envs: [const { EnvBlock::new() }; MAX_JOBS], output: [0; MAX_CHUNK] });
+static MEMORY: TakeOnce<Memory> = TakeOnce::new(Memory {
+    envs: [const { EnvBlock::new() }; MAX_JOBS],
+    output: [0; MAX_CHUNK],
+    windows: [[0; stdin::WINDOW]; MAX_JOBS],
+});
 
 /// Every job the init knows about, in fixed slots: slot `i` is `states[i]`
 /// with the environment block `envs[i]`.
@@ -193,6 +221,8 @@ pub struct Jobs {
     envs: &'static mut [EnvBlock; MAX_JOBS],
     /// Output on its way from a pipe to the port.
     output: &'static mut [u8; MAX_CHUNK],
+    /// Slot `i`'s stdin bytes on their way from the port to its pipe.
+    windows: &'static mut [Window; MAX_JOBS],
     config: JobConfig,
     /// The init is PID 1 (of the VM or of a namespace): when no job runs,
     /// every other process is a finished job's leftover.
@@ -224,11 +254,23 @@ fn zygote_may_run(run: &Run<'_>) -> bool {
 impl Jobs {
     /// The table; `None` if it was made already (its memory is static).
     pub fn new(config: JobConfig, owns_all: bool) -> Option<Jobs> {
-        let Memory { envs, output } = MEMORY.take()?;
+        let Memory { envs, output, windows } = MEMORY.take()?;
         let states = [const { JobState::Free }; MAX_JOBS];
         let early = [None; EARLY];
         let (paused, started, zygote, next_early) = (false, 0, None, 0);
-        Some(Jobs { states, envs, output, config, owns_all, paused, started, zygote, early, next_early })
+        Some(Jobs {
+            states,
+            envs,
+            output,
+            windows,
+            config,
+            owns_all,
+            paused,
+            started,
+            zygote,
+            early,
+            next_early,
+        })
     }
 
     /// Python jobs are forked from a zygote now.
@@ -283,6 +325,7 @@ impl Jobs {
             timeout_ms: run.timeout_ms,
             limits: Streams([run.stdout_limit, run.stderr_limit]),
             zygote: zygote_may_run(run),
+            stdin: run.stdin,
         });
         Ok(())
     }
@@ -300,7 +343,7 @@ impl Jobs {
         };
         let refused = if u64::from(job.check.seen) + data.len() as u64 > u64::from(job.code_len) {
             Some(Refused::new(ErrorKind::InvalidJob, "code: more bytes than code_len"))
-        } else if let Err(e) = write_all(job.code.as_fd(), data) {
+        } else if let Err(e) = write_all(job.code.as_fd(), without_bom(job, data)) {
             Some(Refused::new(ErrorKind::Spawn, describe(e)))
         } else {
             job.check.feed(data);
@@ -324,7 +367,7 @@ impl Jobs {
     /// be, else exec'd, and watches its pipes and timer. The leader's pid, if
     /// known already (the zygote says it later).
     fn start(&mut self, i: usize, poll: &Poll) -> Result<Option<Pid>, Refused> {
-        let JobState::Loading(job) = mem::replace(&mut self.states[i], JobState::Free) else {
+        let JobState::Loading(mut job) = mem::replace(&mut self.states[i], JobState::Free) else {
             return Err(Refused::new(ErrorKind::UnknownJob, "no job with this id"));
         };
         let failed = |what: &str, e: Errno| {
@@ -338,21 +381,32 @@ impl Jobs {
         .map_err(|e| failed("timer", e))?;
         // Only the read ends are non-blocking: the job's writes must block
         // when the pipe is full, not fail.
-        let (stdout, out_write) = spawn::pipe().map_err(|e| failed("pipe", e))?;
-        let (stderr, err_write) = spawn::pipe().map_err(|e| failed("pipe", e))?;
+        let (stdout, out_write) = spawn::pipe(true).map_err(|e| failed("pipe", e))?;
+        let (stderr, err_write) = spawn::pipe(true).map_err(|e| failed("pipe", e))?;
+        let (stdin_read, feed) = match job.stdin {
+            true => spawn::pipe(false).map(|(read, write)| (Some(read), Some(Feed::new(write)))),
+            false => Ok((None, None)),
+        }
+        .map_err(|e| failed("pipe", e))?;
+        // A shell script with a `#!` line is run by the kernel, as
+        // `./script` would be: its memfd is exec'd, which needs a descriptor
+        // no one can write through (else ETXTBSY).
+        let script = job.lang == Lang::Shell && starts_with_shebang(job.code.as_fd());
+        if script {
+            job.code = read_only(job.code.as_fd()).map_err(|e| failed("code", e))?;
+        }
         let started_ns = sys::boottime_ns();
         let env = &self.envs[i];
         let zygote = match &self.zygote {
             Some(z) if job.zygote && z.ready => Some(z),
             _ => None,
         };
+        let handoff = Handoff { code: job.code, stdin: stdin_read, out: out_write, err: err_write };
         let (pid, handoff) = match zygote {
-            Some(z) if z.request(job.id, &job.code, [&out_write, &err_write], env, self.config.uid) => {
-                (None, Some([job.code, out_write, err_write]))
-            }
+            Some(z) if z.request(job.id, handoff.fds(), env, self.config.uid) => (None, Some(handoff)),
             _ => {
-                let pipes = [out_write.as_fd(), err_write.as_fd()];
-                let pid = spawn::spawn(&self.config, job.lang, job.code.as_fd(), pipes, env)
+                let program = if script { Program::Script } else { Program::Lang(job.lang) };
+                let pid = spawn::spawn(&self.config, program, handoff.fds(), env)
                     .map_err(|(what, e)| failed(what, e))?;
                 // The code and the write ends are dropped here: the child
                 // holds its own copies.
@@ -363,6 +417,10 @@ impl Jobs {
             let _ = poll.add(pipe, Token::Pipe(i, stream), !self.paused);
         }
         let _ = poll.add(&timer, Token::Timer(i), true);
+        if let Some(pipe) = feed.as_ref().and_then(|f| f.pipe.as_ref()) {
+            // Watched for room only while bytes wait for it.
+            let _ = poll.add(pipe, Token::Stdin(i), false);
+        }
         if job.timeout_ms > 0 {
             arm(&timer, job.timeout_ms);
         }
@@ -373,6 +431,7 @@ impl Jobs {
             pending: None,
             pipes: Streams([Some(stdout), Some(stderr)]),
             timer,
+            stdin: feed,
             machine: Machine::new(),
             sinks: Streams([Sink::new(job.limits[Stream::Stdout]), Sink::new(job.limits[Stream::Stderr])]),
             started_ns,
@@ -458,8 +517,8 @@ impl Jobs {
     fn exec_unforked(&mut self, tx: &mut Tx) {
         for (state, env) in self.states.iter_mut().zip(self.envs.iter()) {
             let JobState::Running(job) = state else { continue };
-            let Some([code, out, err]) = job.handoff.take() else { continue };
-            match spawn::spawn(&self.config, Lang::Python, code.as_fd(), [out.as_fd(), err.as_fd()], env) {
+            let Some(handoff) = job.handoff.take() else { continue };
+            match spawn::spawn(&self.config, Program::Lang(Lang::Python), handoff.fds(), env) {
                 Ok(pid) => job.forked(pid, tx),
                 Err(_) => {
                     let id = job.id;
@@ -471,6 +530,47 @@ impl Jobs {
                     });
                 }
             }
+        }
+    }
+
+    /// `Stdin`: bytes for a running job's stdin, written now as far as its
+    /// pipe takes them; the rest waits in its window.
+    pub fn stdin(
+        &mut self,
+        id: u32,
+        data: &[u8],
+        end: bool,
+        poll: &Poll,
+        tx: &mut Tx,
+    ) -> Result<(), Refused> {
+        let Some(i) = self.find(id) else {
+            return Err(Refused::new(ErrorKind::UnknownJob, "no job with this id"));
+        };
+        let invalid = |why| Refused::new(ErrorKind::InvalidJob, why);
+        let Some(JobState::Running(job)) = self.states.get_mut(i) else {
+            return Err(invalid("stdin: the job's code is not complete"));
+        };
+        let Some(feed) = &mut job.stdin else {
+            return Err(invalid("stdin: the job was not started with stdin"));
+        };
+        feed.push(&mut self.windows[i], data, end).map_err(invalid)?;
+        self.on_stdin(i, poll, tx);
+        Ok(())
+    }
+
+    /// A job's stdin pipe has room (or bytes just arrived): moves what it
+    /// takes out of the window and tells the host how much.
+    pub fn on_stdin(&mut self, i: usize, poll: &Poll, tx: &mut Tx) {
+        let paused = self.paused;
+        let Some(JobState::Running(job)) = self.states.get_mut(i) else { return };
+        let Some(feed) = &mut job.stdin else { return };
+        let (taken, waiting) = feed.flush(&mut self.windows[i]);
+        if let Some(pipe) = &feed.pipe {
+            // While the host is not reading, the acknowledgements wait too.
+            let _ = poll.set(pipe, Token::Stdin(i), waiting && !paused);
+        }
+        if taken > 0 {
+            tx.send(&Event::StdinTaken { job: job.id, bytes: taken });
         }
     }
 
@@ -569,6 +669,9 @@ impl Jobs {
                     let _ = poll.set(pipe, Token::Pipe(i, stream), !pause);
                 }
             }
+            if let Some(pipe) = job.stdin.as_ref().and_then(|f| f.waiting()) {
+                let _ = poll.set(pipe, Token::Stdin(i), !pause);
+            }
         }
     }
 
@@ -660,6 +763,35 @@ fn arm(timer: &OwnedFd, ms: u32) {
     if let Err(e) = rustix::time::timerfd_settime(timer, TimerfdTimerFlags::empty(), &value) {
         log!("timerfd_settime failed: {}", Os(e));
     }
+}
+
+/// A UTF-8 byte order mark, which editors on some systems put first.
+const BOM: &[u8] = b"\xEF\xBB\xBF";
+
+/// What of `data` goes into a loading job's memfd: all of it, but for a
+/// shell job's leading byte order mark, which the shell would take as part
+/// of the first command's name (and which hides a `#!` line from the
+/// kernel). Python skips it itself. It is looked for in the first chunk.
+fn without_bom<'d>(job: &Loading, data: &'d [u8]) -> &'d [u8] {
+    match data.strip_prefix(BOM) {
+        Some(rest) if job.lang == Lang::Shell && job.check.seen == 0 => rest,
+        _ => data,
+    }
+}
+
+/// Whether the code in `code` starts with `#!`.
+fn starts_with_shebang(code: BorrowedFd<'_>) -> bool {
+    let mut head = [0u8; 2];
+    matches!(rustix::io::pread(code, &mut head, 0), Ok(2)) && head == *b"#!"
+}
+
+/// A read-only descriptor of the same memfd, through /proc; the writable
+/// one is dropped by the caller.
+fn read_only(code: BorrowedFd<'_>) -> rustix::io::Result<OwnedFd> {
+    let mut path = heapless::String::<63>::new();
+    let _ = write!(path, "/proc/self/fd/{}\0", code.as_raw_fd().unsigned_abs());
+    let path = CStr::from_bytes_until_nul(path.as_bytes()).map_err(|_| Errno::INVAL)?;
+    rustix::fs::open(path, OFlags::RDONLY | OFlags::CLOEXEC, Mode::empty())
 }
 
 fn write_all(fd: BorrowedFd<'_>, mut data: &[u8]) -> rustix::io::Result<()> {

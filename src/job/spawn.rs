@@ -3,13 +3,15 @@
 //!
 //! The code is not passed in argv (one argument is limited to 128 KiB): it
 //! sits in a memfd that the child holds as descriptor 3, and the interpreter
-//! is given `/proc/self/fd/3` as its script.
+//! is given `/proc/self/fd/3` as its script; a shell job with a `#!` line is
+//! `/proc/self/fd/3` exec'd, its interpreter chosen by the kernel.
 //!
 //! # Safety
 //!
-//! The one `unsafe` call is `fork`: its contract (one thread; the child
-//! never returns into the init's code) is kept by [`spawn`] and [`zygote`],
-//! whose child sides end in `execve` or `exit`.
+//! `fork`'s contract (one thread; the child never returns into the init's
+//! code) is kept by [`spawn`] and [`zygote`], whose child sides end in
+//! `execve` or `exit`. The child's descriptor 3, borrowed once by number,
+//! stays open until it does.
 #![allow(unsafe_code)]
 
 use core::ffi::CStr;
@@ -39,23 +41,46 @@ const SCRIPT: &CStr = c"/proc/self/fd/3";
 /// Longest argv+envp: every job variable, the defaults and the terminator.
 const MAX_ENVP: usize = proto::MAX_ENV + DEFAULT_ENV.len() + 2;
 
-/// Forks the interpreter for `lang` on the code in `code`, writing to
-/// `stdout` and `stderr`; the leader's pid.
+/// What a job's process executes.
+#[derive(Clone, Copy)]
+pub enum Program {
+    /// The language's interpreter, on the code.
+    Lang(Lang),
+    /// The code itself, a script whose `#!` line names its interpreter.
+    Script,
+}
+
+/// The descriptors a job's process is given.
+#[derive(Clone, Copy)]
+pub struct Fds<'a> {
+    /// The code (descriptor 3).
+    pub code: BorrowedFd<'a>,
+    /// The read end of its stdin pipe; `/dev/null` when `None`.
+    pub stdin: Option<BorrowedFd<'a>>,
+    pub stdout: BorrowedFd<'a>,
+    pub stderr: BorrowedFd<'a>,
+}
+
+/// Forks `program` on the code and standard streams in `fds`; the
+/// leader's pid.
 pub fn spawn(
     config: &JobConfig,
-    lang: Lang,
-    code: BorrowedFd<'_>,
-    [stdout, stderr]: [BorrowedFd<'_>; 2],
+    program: Program,
+    fds: Fds<'_>,
     env: &EnvBlock,
 ) -> Result<Pid, (&'static str, Errno)> {
-    let interpreter = match lang {
-        Lang::Python => config.python,
-        Lang::Shell => config.shell,
-        Lang::Unknown(_) => return Err(("language", Errno::INVAL)),
+    let interpreter = match program {
+        Program::Lang(Lang::Python) => config.python,
+        Program::Lang(Lang::Shell) => config.shell,
+        Program::Lang(Lang::Unknown(_)) => return Err(("language", Errno::INVAL)),
+        Program::Script => SCRIPT,
     };
     let mut argv = CStrArray::<3>::new();
     let mut envp = CStrArray::<MAX_ENVP>::new();
-    argv.push(interpreter).and_then(|()| argv.push(SCRIPT)).map_err(|e| ("arguments", e))?;
+    argv.push(interpreter).map_err(|e| ("arguments", e))?;
+    if let Program::Lang(_) = program {
+        argv.push(SCRIPT).map_err(|e| ("arguments", e))?;
+    }
     for var in env.vars() {
         envp.push(var).map_err(|e| ("environment", e))?;
     }
@@ -66,7 +91,7 @@ pub fn spawn(
     match unsafe { sys::fork() }.map_err(|e| ("fork", e))? {
         Fork::Parent(pid) => Ok(pid),
         Fork::Child(child) => {
-            let setup = Setup { config, interpreter, cwd, code, stdout, stderr };
+            let setup = Setup { config, interpreter, cwd, fds };
             setup.exec(&child, &argv, &envp)
         }
     }
@@ -112,9 +137,12 @@ pub fn zygote(
     sys::exit(127)
 }
 
-pub fn pipe() -> rustix::io::Result<(OwnedFd, OwnedFd)> {
+/// A pipe whose init's end does not block: the read end of an output
+/// pipe, the write end of a stdin pipe (`init_reads`). The job's end blocks.
+/// Returns (read, write).
+pub fn pipe(init_reads: bool) -> rustix::io::Result<(OwnedFd, OwnedFd)> {
     let (read, write) = rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC)?;
-    rustix::fs::fcntl_setfl(&read, OFlags::NONBLOCK)?;
+    rustix::fs::fcntl_setfl(if init_reads { &read } else { &write }, OFlags::NONBLOCK)?;
     Ok((read, write))
 }
 
@@ -123,9 +151,7 @@ struct Setup<'a> {
     config: &'a JobConfig,
     interpreter: &'a CStr,
     cwd: &'a CStr,
-    code: BorrowedFd<'a>,
-    stdout: BorrowedFd<'a>,
-    stderr: BorrowedFd<'a>,
+    fds: Fds<'a>,
 }
 
 impl Setup<'_> {
@@ -142,18 +168,24 @@ impl Setup<'_> {
         let _ = rustix::process::setsid();
         // stdout and stderr first, so every failure below lands in the
         // job's stderr, where the host sees it.
-        if child.dup2(self.stdout, 1).is_err() || child.dup2(self.stderr, 2).is_err() {
+        let Fds { code, stdin, stdout, stderr } = self.fds;
+        if child.dup2(stdout, 1).is_err() || child.dup2(stderr, 2).is_err() {
             sys::exit(126);
         }
-        let code = if self.code.as_raw_fd() == CODE_FD {
+        let code = if code.as_raw_fd() == CODE_FD {
             // dup2 onto itself would keep close-on-exec set.
-            rustix::io::fcntl_setfd(self.code, FdFlags::empty())
+            rustix::io::fcntl_setfd(code, FdFlags::empty())
         } else {
-            child.dup2(self.code, CODE_FD)
+            child.dup2(code, CODE_FD)
         };
         check(code, "cannot pass the code on descriptor 3");
-        let null = rustix::fs::open(c"/dev/null", OFlags::RDONLY, Mode::empty());
-        check(null.and_then(|fd| child.dup2(fd.as_fd(), 0)), "cannot open /dev/null");
+        match stdin {
+            Some(pipe) => check(child.dup2(pipe, 0), "cannot pass stdin"),
+            None => {
+                let null = rustix::fs::open(c"/dev/null", OFlags::RDONLY, Mode::empty());
+                check(null.and_then(|fd| child.dup2(fd.as_fd(), 0)), "cannot open /dev/null");
+            }
+        }
         child.close_from(CODE_FD + 1);
 
         // The init is exempt from the OOM killer (-1000), and children
@@ -179,7 +211,18 @@ impl Setup<'_> {
         }
         check(sys::set_signal_mask(SigSet::EMPTY), "cannot unblock signals");
         let err = child.execve(self.interpreter, argv, envp);
-        crate::log!("cannot execute {}: {}", Path(self.interpreter), Text(describe(err)));
+        if self.interpreter == SCRIPT {
+            // As a shell says it: the script's first line names what is missing.
+            let mut head = [0u8; 128];
+            // SAFETY: descriptor 3 holds the code from here to exit.
+            let code = unsafe { BorrowedFd::borrow_raw(CODE_FD) };
+            let n = rustix::io::pread(code, &mut head, 0).unwrap_or(0);
+            let line = head[..n].split(|&b| b == b'\n').next().unwrap_or_default().trim_ascii_end();
+            let line = core::str::from_utf8(line).unwrap_or("#!");
+            crate::log!("{}: bad interpreter: {}", Text(line), Text(describe(err)));
+        } else {
+            crate::log!("cannot execute {}: {}", Path(self.interpreter), Text(describe(err)));
+        }
         // The shell's convention: 127 for a program that is not there, 126
         // for one that is there but cannot run.
         sys::exit(if err == Errno::NOENT { 127 } else { 126 })

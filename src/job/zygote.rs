@@ -4,12 +4,12 @@
 //! pipe: a zygote that stops reading makes the request fail, never the loop
 //! wait.
 
-use rustix::fd::{AsFd, AsRawFd, OwnedFd};
+use rustix::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use rustix::io::Errno;
 use rustix::process::Pid;
 
 use super::env::EnvBlock;
-use super::spawn;
+use super::spawn::{self, Fds};
 use crate::config::JobConfig;
 
 /// Most bytes one request may take: `PIPE_BUF`, so that it is written
@@ -18,8 +18,8 @@ use crate::config::JobConfig;
 const PIPE_BUF: usize = 4096;
 
 /// Request header: length, job, code fd, stdout fd, stderr fd, has_cwd,
-/// the job user.
-const HEADER: usize = 7 * 4;
+/// the job user, stdin fd (0: none).
+const HEADER: usize = 8 * 4;
 
 /// A reply: kind, job, pid.
 const REPLY: usize = 3 * 4;
@@ -48,7 +48,7 @@ pub struct Zygote {
 impl Zygote {
     pub fn start(config: &JobConfig) -> rustix::io::Result<Zygote> {
         let (requests_read, requests) = rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC)?;
-        let (replies, replies_write) = spawn::pipe()?;
+        let (replies, replies_write) = spawn::pipe(true)?;
         rustix::fs::fcntl_setfl(&requests, rustix::fs::OFlags::NONBLOCK)?;
         let pid = spawn::zygote(config, requests_read.as_fd(), replies_write.as_fd())?;
         Ok(Zygote { pid, requests, replies, ready: false, exited: false })
@@ -58,16 +58,18 @@ impl Zygote {
     /// environment and cwd of `env`, as user `uid`; the init keeps the
     /// descriptors open until the reply. False if the request cannot be
     /// sent whole now.
-    pub fn request(&self, job: u32, code: &OwnedFd, pipes: [&OwnedFd; 2], env: &EnvBlock, uid: u32) -> bool {
+    pub fn request(&self, job: u32, fds: Fds<'_>, env: &EnvBlock, uid: u32) -> bool {
         let block = env.as_bytes();
         let mut message = [0u8; PIPE_BUF];
         let Some(body) = message.get_mut(HEADER..HEADER + block.len()) else { return false };
         body.copy_from_slice(block);
-        let fd = |fd: &OwnedFd| fd.as_raw_fd().unsigned_abs();
+        let fd = |fd: BorrowedFd<'_>| fd.as_raw_fd().unsigned_abs();
+        // 0: /dev/null (the init's own descriptor 0 is never a job's).
+        let stdin = fds.stdin.map_or(0, fd);
         // At most PIPE_BUF: the length fits a u32.
         let length = u32::try_from(block.len()).unwrap_or(0);
         let has_cwd = u32::from(env.cwd().is_some());
-        let header = [length, job, fd(code), fd(pipes[0]), fd(pipes[1]), has_cwd, uid];
+        let header = [length, job, fd(fds.code), fd(fds.stdout), fd(fds.stderr), has_cwd, uid, stdin];
         for (slot, value) in message.chunks_exact_mut(4).zip(header) {
             slot.copy_from_slice(&value.to_ne_bytes());
         }
