@@ -179,6 +179,14 @@ impl Agent {
         self.submit_with(id, job, job.stdin.is_some())
     }
 
+    /// Submits a job whose stdin the caller streams with `Request::Stdin`.
+    pub(crate) fn submit_streaming(&mut self, job: &Job) -> Result<u32> {
+        let id = self.next_job;
+        self.next_job += 1;
+        self.submit_with(id, job, true)?;
+        Ok(id)
+    }
+
     fn submit_with(&mut self, id: u32, job: &Job, stdin: bool) -> Result<()> {
         let mut env = heapless::Vec::new();
         for (name, value) in &job.env {
@@ -233,9 +241,7 @@ impl Agent {
         input: impl Read + Send + 'static,
         mut on_output: impl FnMut(Stream, &[u8]),
     ) -> Result<Outcome> {
-        let id = self.next_job;
-        self.next_job += 1;
-        self.submit_with(id, job, true)?;
+        let id = self.submit_streaming(job)?;
         let (chunks, rx) = mpsc::sync_channel(2);
         std::thread::spawn(move || {
             let mut input = input;
@@ -318,7 +324,7 @@ impl Agent {
     }
 
     /// The next event of job `id`, if one comes within `wait`.
-    fn event_within(&mut self, id: u32, wait: Duration) -> Result<Option<GuestEvent>> {
+    pub(crate) fn event_within(&mut self, id: u32, wait: Duration) -> Result<Option<GuestEvent>> {
         if let Some(i) = self.backlog.iter().position(|e| event_job(e) == Some(id)) {
             return Ok(self.backlog.remove(i));
         }
@@ -442,7 +448,7 @@ impl Agent {
     }
 }
 
-fn event_job(event: &GuestEvent) -> Option<u32> {
+pub(crate) fn event_job(event: &GuestEvent) -> Option<u32> {
     match event {
         GuestEvent::Started { job, .. }
         | GuestEvent::Output { job, .. }

@@ -1,7 +1,7 @@
 //! `vmexec`: run one Python or shell job in a fresh pid1 microVM.
 
 use std::error::Error as _;
-use std::io::{Read, Write};
+use std::io::{IsTerminal, Read, Write};
 use std::os::unix::fs::PermissionsExt;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -37,6 +37,21 @@ enum Command {
     /// Make, show or remove the snapshot templates VMs are restored from.
     #[command(subcommand)]
     Template(TemplateAction),
+    /// A stateful session in one VM: read steps from a terminal, or from a
+    /// pipe as `python3 -i` does (a statement runs once it is complete).
+    Repl(ReplArgs),
+}
+
+#[derive(clap::Args)]
+struct ReplArgs {
+    /// Language of the session.
+    #[arg(short, long, value_enum, default_value = "python")]
+    lang: LangArg,
+    /// Boot the kernel instead of restoring the snapshot template.
+    #[arg(long)]
+    cold: bool,
+    #[command(flatten)]
+    vm: VmArgs,
 }
 
 #[derive(Subcommand)]
@@ -202,6 +217,8 @@ enum Failure {
         #[source]
         source: FileError,
     },
+    #[error("the session failed")]
+    Session(#[from] vmhost::SessionError),
     #[error("cannot write the download {}", path.display())]
     Download {
         path: PathBuf,
@@ -235,6 +252,7 @@ impl Failure {
             }
             Failure::Vm(_) => (EXIT_FAILURE, "Vm".to_owned()),
             Failure::File { .. } | Failure::Download { .. } => (EXIT_FAILURE, "File".to_owned()),
+            Failure::Session(_) => (EXIT_FAILURE, "Session".to_owned()),
         }
     }
 
@@ -263,6 +281,12 @@ fn main() -> ExitCode {
     let args = match Cli::parse().command {
         Command::Run(args) => args,
         Command::Template(action) => return template(action),
+        Command::Repl(args) => {
+            return repl(args).unwrap_or_else(|failure| {
+                eprintln!("vmexec: {}", failure.message());
+                ExitCode::from(failure.classify().0)
+            });
+        }
     };
     let json = args.json;
     match run(args) {
@@ -446,6 +470,65 @@ fn template(action: TemplateAction) -> ExitCode {
 
 fn round(ms: f64) -> f64 {
     (ms * 10.0).round() / 10.0
+}
+
+/// `vmexec repl`: each line read goes to the session as a console takes
+/// it; the output of each complete statement is printed once it ran. Exits
+/// with the last step's status.
+fn repl(args: ReplArgs) -> Result<ExitCode, Failure> {
+    let lang = match args.lang {
+        LangArg::Python => Lang::Python,
+        LangArg::Sh => Lang::Shell,
+    };
+    let config = VmConfig { cold: args.cold, ..args.vm.config() };
+    let mut vm = Vm::boot(&config)?;
+    if let Some(why) = vm.fallback() {
+        eprintln!("vmexec: warning: {why}; booted cold");
+    }
+    let terminal = std::io::stdin().is_terminal();
+    let prompts = match lang {
+        Lang::Shell => ("$ ", "> "),
+        _ => (">>> ", "... "),
+    };
+    let mut last = 0;
+    let result = (|| -> Result<(), Failure> {
+        let mut session = vm.session(lang)?;
+        let mut more = false;
+        let mut lines = std::io::stdin().lines();
+        loop {
+            if terminal {
+                eprint!("{}", if more { prompts.1 } else { prompts.0 });
+            }
+            let (line, last_line) = match lines.next() {
+                Some(line) => (line.map_err(InputError::Stdin)?, false),
+                // At the end, a statement still open is finished as a
+                // blank line would (or dropped, if that does not).
+                None if more => (String::new(), true),
+                None => break,
+            };
+            match session.push(&line)? {
+                None if last_line => {
+                    eprintln!("vmexec: the input ended inside a statement");
+                    break;
+                }
+                None => more = true,
+                Some(step) => {
+                    more = false;
+                    std::io::stdout().write_all(&step.stdout).and_then(|()| std::io::stdout().flush()).ok();
+                    std::io::stderr().write_all(&step.stderr).ok();
+                    last = step.exit;
+                }
+            }
+            if last_line {
+                break;
+            }
+        }
+        session.close()?;
+        Ok(())
+    })();
+    vm.shutdown();
+    result?;
+    Ok(ExitCode::from(u8::try_from(last & 0xff).unwrap_or(1)))
 }
 
 /// `--download`: each guest file into its local path.

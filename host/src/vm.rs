@@ -14,6 +14,7 @@ use crate::cleanup::{self, Registered};
 use crate::error::{AgentError, StartError};
 use crate::files::{FileEntry, FileError};
 use crate::qmp::Qmp;
+use crate::session::{Session, SessionError};
 use crate::{template, tsc};
 
 type Result<T> = std::result::Result<T, StartError>;
@@ -282,6 +283,11 @@ impl Vm {
 
     pub fn agent(&mut self) -> &mut Agent {
         &mut self.agent
+    }
+
+    /// A stateful session of `lang` in this VM; see [`crate::session`].
+    pub fn session(&mut self, lang: crate::Lang) -> std::result::Result<Session<'_>, SessionError> {
+        self.agent.session(lang)
     }
 
     /// Writes `data` to `path` in the guest; see [`crate::files`].
