@@ -22,7 +22,9 @@ mkdir -p "$debs"
 mapfile -t packages < <(grep -v '^#' "$here/packages.txt" | grep .)
 missing=()
 for p in "${packages[@]}"; do
-    v="$(dpkg-query -W -f='${Version}' "$p" 2>/dev/null || apt-cache policy "$p" | awk '/Candidate:/ {print $2}')"
+    # dpkg knows some packages it has not installed: an empty version then.
+    v="$(dpkg-query -W -f='${Version}' "$p" 2>/dev/null || true)"
+    [ -n "$v" ] || v="$(apt-cache policy "$p" | awk '/Candidate:/ {print $2}')"
     [ -n "$v" ] && [ "$v" != "(none)" ] || { echo "rootfs: no candidate for package $p" >&2; exit 1; }
     ls "$debs/${p}_"*.deb >/dev/null 2>&1 || missing+=("$p")
 done
@@ -78,6 +80,7 @@ for applet in $("$busybox" --list); do
     [ -e "$root/usr/bin/$applet" ] || [ -e "$root/usr/sbin/$applet" ] || ln -s busybox "$root/usr/bin/$applet"
 done
 ln -sf python3.11 "$root/usr/bin/python3"
+ln -sf bash-static "$root/usr/bin/bash"
 ln -sf python3 "$root/usr/bin/python"
 install -m 0755 "$init" "$root/usr/sbin/init"
 install -m 0755 "$here/baseline-init.sh" "$root/usr/sbin/baseline-init"

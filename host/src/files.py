@@ -72,12 +72,20 @@ def main():
         dir_fd = open_dir(parts[:-1], create=op == "write")
         name = parts[-1]
         if op == "write":
+            # Into a new file, renamed over the old one once whole: a
+            # failed upload (a full filesystem) leaves the old file as it was.
             mode = int(os.environ["PID1_MODE"]) & 0o777
-            fd = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | NOFOLLOW, mode, dir_fd=dir_fd)
-            os.fchmod(fd, mode)
-            with open(fd, "wb", closefd=True) as out:
-                while chunk := sys.stdin.buffer.read(1 << 20):
-                    out.write(chunk)
+            temporary = f".{name}.upload-{os.getpid()}"
+            fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL | NOFOLLOW, mode, dir_fd=dir_fd)
+            try:
+                os.fchmod(fd, mode)
+                with open(fd, "wb", closefd=True) as out:
+                    while chunk := sys.stdin.buffer.read(1 << 20):
+                        out.write(chunk)
+                os.rename(temporary, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
+            except BaseException:
+                os.unlink(temporary, dir_fd=dir_fd)
+                raise
         elif op == "read":
             fd = os.open(name, os.O_RDONLY | NOFOLLOW, dir_fd=dir_fd)
             if not stat.S_ISREG(os.fstat(fd).st_mode):

@@ -73,7 +73,8 @@ fn stdin_from_a_pipe_and_its_misuse() {
 }
 
 /// 10 MiB of every byte value up, transformed by a job, down again; the
-/// library's calls between jobs; every way out of the home refused.
+/// library's calls between jobs; every way out of the home refused; a full
+/// filesystem said so.
 #[test]
 fn files_go_in_and_out_byte_exact() {
     let mut vm = common::restored_vm();
@@ -112,8 +113,18 @@ fn files_go_in_and_out_byte_exact() {
     }
     let err = vm.write_file("/tmp/x", b"x", 0o644).unwrap_err().to_string();
     assert_eq!(err, "outside /home/user");
+    // A full filesystem: the home (a tmpfs) filled up to its last MiB.
+    let fill = "import os\nst = os.statvfs('.')\nfd = os.open('filler', os.O_WRONLY | os.O_CREAT)\n\
+                os.posix_fallocate(fd, 0, st.f_bavail * st.f_frsize - (1 << 20))";
+    let out = vm.agent().run(&vmhost::Job::python(fill), |_, _| {}).unwrap();
+    assert_eq!(out.code(), 0, "{}", text(&out.stderr));
+    let err = vm.write_file("work/in.bin", &data[..4 << 20], 0o644).unwrap_err().to_string();
+    assert_eq!(err, "no space left on device");
+    // The file it was to replace is as it was, and nothing is left over.
+    let out = vm.agent().run(&vmhost::Job::shell("rm filler && ls -A work"), |_, _| {}).unwrap();
+    assert_eq!(text(&out.stdout), "etc\nin.bin\nout.bin\n", "{}", text(&out.stderr));
     // The VM is fine after all that.
-    assert_eq!(vm.read_file("work/in.bin").unwrap().len(), data.len());
+    assert!(vm.read_file("work/in.bin").unwrap() == data);
     vm.shutdown();
 }
 

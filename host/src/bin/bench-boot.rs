@@ -116,16 +116,22 @@ fn vmexec_run(accel: Accel, cold: bool) -> Result<f64> {
     Ok(ms)
 }
 
-/// Python jobs in one warm VM, send → exit in ms: forked from the zygote
-/// and exec'd (`fresh`), alternating; the first of each kind is not timed.
-fn warm_jobs(config: &VmConfig, runs: usize) -> Result<[Vec<f64>; 2]> {
+/// Jobs in one warm VM, send → exit in ms, alternating, the first of each
+/// kind not timed: Python forked from the zygote, Python exec'd (`fresh`),
+/// a shell job (bash), the same as a `#!/bin/sh` script (busybox).
+fn warm_jobs(config: &VmConfig, runs: usize) -> Result<[Vec<f64>; 4]> {
     let mut vm = Vm::boot(config)?;
-    let mut times = [vec![], vec![]];
+    let mut times = [vec![], vec![], vec![], vec![]];
+    let kinds = [
+        Job::python("print('BENCH_OUTPUT')"),
+        Job { fresh: true, ..Job::python("print('BENCH_OUTPUT')") },
+        Job::shell("echo BENCH_OUTPUT"),
+        Job::shell("#!/bin/sh\necho BENCH_OUTPUT"),
+    ];
     for i in 0..=runs {
-        for (kind, fresh) in [false, true].into_iter().enumerate() {
-            let job = Job { fresh, ..Job::python("print('BENCH_OUTPUT')") };
+        for (kind, job) in kinds.iter().enumerate() {
             let sent = Instant::now();
-            let out = vm.agent().run(&job, |_, _| {})?;
+            let out = vm.agent().run(job, |_, _| {})?;
             let ms = sent.elapsed().as_secs_f64() * 1e3;
             if out.stdout != b"BENCH_OUTPUT\n" {
                 bail!("unexpected output {:?}", String::from_utf8_lossy(&out.stdout));
@@ -181,7 +187,7 @@ fn main() -> Result<()> {
         eprintln!("bench-boot: run {}/{} done", run + 1, args.runs);
     }
 
-    let [zygote, execd] = warm_jobs(&config, args.runs)?;
+    let [zygote, execd, bash, busybox] = warm_jobs(&config, args.runs)?;
 
     let cpus = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
     println!(
@@ -214,6 +220,12 @@ fn main() -> Result<()> {
     println!("| forked from the zygote | {:.1} ({}) |", median(&zygote), spread(&zygote));
     println!("| exec'd `python3` (`fresh`) | {:.1} ({}) |", median(&execd), spread(&execd));
     println!("| exec / zygote | {:.2}× |", median(&execd) / median(&zygote));
+    println!();
+    println!("| warm VM, shell job send → exit, ms | median (spread) |");
+    println!("|---|---|");
+    println!("| bash (code without `#!`) | {:.1} ({}) |", median(&bash), spread(&bash));
+    println!("| busybox sh (`#!/bin/sh`) | {:.1} ({}) |", median(&busybox), spread(&busybox));
+    println!("| bash / busybox | {:.2}× |", median(&bash) / median(&busybox));
     println!();
     println!("| cold pid1, ms | python job: median | spread | shell job: median | spread |");
     println!("|---|---|---|---|---|");
