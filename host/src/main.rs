@@ -343,7 +343,7 @@ fn run(args: RunArgs) -> Result<ExitCode, Failure> {
     let margin = Duration::from_secs(60);
     vm.agent().set_timeout(job.timeout.map(|t| t + margin))?;
     for (guest, data, mode) in &uploads {
-        if let Err(source) = vm.write_file(guest, data, *mode) {
+        if let Err(source) = vm.write_file(&in_cwd(args.cwd.as_deref(), guest), data, *mode) {
             vm.shutdown();
             return Err(Failure::File { what: "upload to", path: guest.clone(), source });
         }
@@ -366,7 +366,7 @@ fn run(args: RunArgs) -> Result<ExitCode, Failure> {
     };
     let exec_ms = sent.elapsed().as_secs_f64() * 1000.0;
     let downloaded = match &outcome {
-        Ok(_) => download(&mut vm, &args.download),
+        Ok(_) => download(&mut vm, args.cwd.as_deref(), &args.download),
         Err(_) => Ok(()),
     };
     let (accel, start) = (vm.accel(), vm.start());
@@ -532,8 +532,9 @@ fn repl(args: ReplArgs) -> Result<ExitCode, Failure> {
 }
 
 /// `--download`: each guest file into its local path.
-fn download(vm: &mut Vm, files: &[(String, PathBuf)]) -> Result<(), Failure> {
+fn download(vm: &mut Vm, cwd: Option<&str>, files: &[(String, PathBuf)]) -> Result<(), Failure> {
     for (guest, local) in files {
+        let guest = &in_cwd(cwd, guest);
         let data = vm.read_file(guest).map_err(|source| Failure::File {
             what: "download",
             path: guest.clone(),
@@ -542,6 +543,14 @@ fn download(vm: &mut Vm, files: &[(String, PathBuf)]) -> Result<(), Failure> {
         std::fs::write(local, data).map_err(|source| Failure::Download { path: local.clone(), source })?;
     }
     Ok(())
+}
+
+/// A guest path as the job sees it: a relative one is in its `--cwd`.
+fn in_cwd(cwd: Option<&str>, guest: &str) -> String {
+    match cwd {
+        Some(cwd) if !guest.starts_with('/') => format!("{}/{guest}", cwd.trim_end_matches('/')),
+        _ => guest.to_owned(),
+    }
 }
 
 fn parse_upload(arg: &str) -> Result<(PathBuf, String), String> {

@@ -137,9 +137,11 @@ fn vmexec_uploads_and_downloads() {
     let out = vmexec()
         .current_dir(dir.path())
         .args(["run", "--upload", "in.txt:in.txt", "--download", "out.txt", "--download", "in.txt:copy.txt"])
-        .args(["-l", "sh", "-c", "tr a-z A-Z < in.txt > out.txt"])
+        .args(["--cwd", "/home/user/sub", "-l", "sh", "-c", "tr a-z A-Z < in.txt > out.txt && pwd"])
         .output()
         .unwrap();
+    // Relative paths are the job's: in its working directory, made for it.
+    assert_eq!(text(&out.stdout), "/home/user/sub\n", "{}", text(&out.stderr));
     assert!(out.status.success(), "{}", text(&out.stderr));
     assert_eq!(std::fs::read_to_string(dir.path().join("out.txt")).unwrap(), "ABC\n");
     assert_eq!(std::fs::read_to_string(dir.path().join("copy.txt")).unwrap(), "abc\n");
