@@ -29,7 +29,7 @@ import gc
 
 REQUESTS, REPLIES = 3, 4
 READY, SPAWNED, FAILED = 0, 1, 2
-HEADER = struct.Struct("=8I")
+HEADER = struct.Struct("=9I")
 REPLY = struct.Struct("=3I")
 SCRIPT = "/proc/self/fd/3"
 PR_SET_NO_NEW_PRIVS = 38
@@ -42,7 +42,15 @@ LIBC_WITH_GIL = ctypes.PyDLL(None)
 LIBC_WITH_GIL.syscall.restype = ctypes.c_long
 pythonapi = ctypes.pythonapi
 SYS_CLONE = 56
+SYS_CLONE3 = 435
 CLONE_PARENT = 0x8000
+CLONE_INTO_CGROUP = 0x200000000
+
+
+class CloneArgs(ctypes.Structure):
+    _fields_ = [(name, ctypes.c_uint64) for name in (
+        "flags", "pidfd", "child_tid", "parent_tid", "exit_signal", "stack", "stack_size", "tls",
+        "set_tid", "set_tid_size", "cgroup")]
 
 
 def reply(kind, job, pid):
@@ -62,14 +70,22 @@ def read_exact(n):
     return data
 
 
-def fork_for_the_init():
+def fork_for_the_init(cgroup):
     """`fork`, but the child's parent is the init (`CLONE_PARENT`): the init
-    reaps the job's leader and reads its exit status itself. Python's own
+    reaps the job's leader and reads its exit status itself. Given the
+    job's cgroup directory (else -1), the child starts in it
+    (`clone3` with `CLONE_INTO_CGROUP`): nothing it does escapes it. Python's own
     before- and after-fork work is done as `os.fork` does it; glibc keeps
     no per-process state that a raw clone would leave stale (its `raise`
     asks the kernel for the thread id)."""
     pythonapi.PyOS_BeforeFork()
-    pid = LIBC_WITH_GIL.syscall(SYS_CLONE, CLONE_PARENT | signal.SIGCHLD, 0, 0, 0, 0)
+    if cgroup < 0:
+        pid = LIBC_WITH_GIL.syscall(SYS_CLONE, CLONE_PARENT | signal.SIGCHLD, 0, 0, 0, 0)
+    else:
+        # No exit_signal: with CLONE_PARENT the child's is the zygote's own
+        # (SIGCHLD, to the init), and clone3 refuses one.
+        args = CloneArgs(flags=CLONE_PARENT | CLONE_INTO_CGROUP, cgroup=cgroup)
+        pid = LIBC_WITH_GIL.syscall(SYS_CLONE3, ctypes.byref(args), ctypes.c_size_t(ctypes.sizeof(args)))
     if pid == 0:
         pythonapi.PyOS_AfterFork_Child()
     else:
@@ -84,7 +100,7 @@ def serve():
         header = read_exact(HEADER.size)
         if header is None:
             os._exit(0)  # the init is gone
-        length, job, code, out, err, has_cwd, uid, stdin = HEADER.unpack(header)
+        length, job, code, out, err, has_cwd, uid, stdin, cgroup = HEADER.unpack(header)
         block = read_exact(length) if length else b""
         if block is None:
             os._exit(0)
@@ -95,12 +111,14 @@ def serve():
                    os.open(f"/proc/{INIT}/fd/{err}", os.O_WRONLY | os.O_CLOEXEC),
                    os.open(f"/proc/{INIT}/fd/{stdin}" if stdin else "/dev/null",
                            os.O_RDONLY | os.O_CLOEXEC)]
+            if cgroup:
+                fds.append(os.open(f"/proc/{INIT}/fd/{cgroup}", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC))
         except OSError:
             reply(FAILED, job, 0)
             continue
-        leader = fork_for_the_init()
+        leader = fork_for_the_init(fds[4] if cgroup else -1)
         if leader == 0:
-            return job, fds, has_cwd, uid, block
+            return job, fds[:4], has_cwd, uid, block, bool(cgroup)
         for fd in fds:
             os.close(fd)
         if leader < 0:
@@ -109,10 +127,14 @@ def serve():
             reply(SPAWNED, job, leader)
 
 
-def become_the_job(fds, has_cwd, uid, block):
+def become_the_job(fds, has_cwd, uid, block, in_cgroup):
     """What the init does between fork and exec for a job, less what the
     zygote set for all its children once (see `settle`)."""
     os.setsid()
+    # As the init sets it: with a cgroup, its pids.max is the job's limit
+    # and the per-user one goes; without (outside a VM), the per-user one.
+    nproc = resource.RLIM_INFINITY if in_cgroup else JOB_NPROC
+    resource.setrlimit(resource.RLIMIT_NPROC, (nproc, nproc))
     for fd, target in zip(fds, (3, 1, 2, 0)):
         os.dup2(fd, target)
     os.closerange(4, os.sysconf("SC_OPEN_MAX"))
@@ -186,15 +208,14 @@ def run_as_main():
 
 def settle():
     """What every job inherits and the zygote may share: the OOM killer may
-    pick it (the init is exempt, and children inherit that), the job's
-    rlimits, no_new_privs (the zygote execs nothing; it still drops to the
+    pick it (the init is exempt, and children inherit that), no core
+    dumps, no_new_privs (the zygote execs nothing; it still drops to the
     job user in each child). Its signal dispositions are the defaults and
     its mask is empty, as the init started it, except what Python's start
     sets and an exec'd job gets too: KeyboardInterrupt on SIGINT, SIGPIPE
     and SIGXFSZ ignored."""
     with open("/proc/self/oom_score_adj", "w") as f:
         f.write("0")
-    resource.setrlimit(resource.RLIMIT_NPROC, (JOB_NPROC, JOB_NPROC))
     resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
     if LIBC.prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0:
         raise OSError(ctypes.get_errno(), "cannot set no_new_privs")

@@ -96,7 +96,9 @@ impl Server {
     fn new(config: &Config, pid1: bool) -> Result<Self, (&'static str, Errno)> {
         let signals = sys::signalfd(HANDLED).map_err(|e| ("signalfd", e))?;
         let (rx, tx) = port::open(config.port)?;
-        let jobs = Jobs::new(config.jobs, pid1).ok_or(("job table", Errno::BUSY))?;
+        // Cgroups only in a VM: outside one they would be the host's.
+        let cgroups = if config.boot { crate::job::cgroup::Cgroups::setup() } else { None };
+        let jobs = Jobs::new(config.jobs, pid1, cgroups).ok_or(("job table", Errno::BUSY))?;
         let poll = Poll::new().map_err(|e| ("epoll", e))?;
         poll.add(&rx.fd, Token::PortRx, true).map_err(|e| ("agent port", e))?;
         poll.add(&signals, Token::Signals, true).map_err(|e| ("signalfd", e))?;

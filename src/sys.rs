@@ -176,7 +176,9 @@ pub enum Fork {
 /// still name) take it.
 pub struct Child(());
 
-/// `fork()`.
+/// `fork()`, or, given a cgroup directory, `clone3` with
+/// `CLONE_INTO_CGROUP`: the child starts in that cgroup, so nothing it
+/// does (not even a fork in its first instruction) happens outside it.
 ///
 /// # Safety
 ///
@@ -184,10 +186,27 @@ pub struct Child(());
 /// [`Child::execve`] or [`exit`]: it never returns into code that uses or
 /// drops a descriptor inherited from the parent, since [`Child::dup2`] and
 /// [`Child::close_from`] may have closed or replaced it.
-pub unsafe fn fork() -> Result<Fork> {
-    // SAFETY: fork takes no arguments. The caller guarantees one thread, so
-    // the child inherits no lock held by another.
-    let pid = unsafe { syscall(sys::__NR_fork, [0; 4]) }?;
+pub unsafe fn fork(cgroup: Option<BorrowedFd<'_>>) -> Result<Fork> {
+    let pid = match cgroup {
+        // SAFETY: fork takes no arguments. The caller guarantees one
+        // thread, so the child inherits no lock held by another.
+        None => unsafe { syscall(sys::__NR_fork, [0; 4]) }?,
+        Some(dir) => {
+            const CLONE_INTO_CGROUP: u64 = 0x2_0000_0000;
+            // struct clone_args: flags, pidfd, child_tid, parent_tid,
+            // exit_signal, stack, stack_size, tls, set_tid, set_tid_size,
+            // cgroup. No stack: the child runs on a copy of this one, as
+            // after fork.
+            let mut args = [0u64; 11];
+            args[0] = CLONE_INTO_CGROUP;
+            args[4] = u64::from(sys::SIGCHLD);
+            args[10] = u64::from(dir.as_raw_fd().unsigned_abs());
+            let size = core::mem::size_of_val(&args);
+            // SAFETY: `args` is a valid clone_args of `size` bytes, read by
+            // the kernel; as for fork, the caller guarantees one thread.
+            unsafe { syscall(sys::__NR_clone3, [(&raw const args).expose_provenance(), size, 0, 0]) }?
+        }
+    };
     Ok(match i32::try_from(pid).ok().and_then(Pid::from_raw) {
         Some(pid) => Fork::Parent(pid),
         None => Fork::Child(Child(())),

@@ -29,6 +29,10 @@ pub struct Job {
     /// The job's stdin; `None`: `/dev/null`. To stream it from a reader,
     /// use [`Agent::run_with_input`].
     pub stdin: Option<Vec<u8>>,
+    /// Memory all the job's processes may use together, in MiB; `None`:
+    /// the guest's default (three quarters of its memory). Past it, the
+    /// job is OOM-killed, its neighbours are not.
+    pub memory_limit_mb: Option<u32>,
 }
 
 impl Job {
@@ -43,6 +47,7 @@ impl Job {
             stderr_limit: proto::DEFAULT_OUTPUT_LIMIT,
             fresh: false,
             stdin: None,
+            memory_limit_mb: None,
         }
     }
 
@@ -95,6 +100,11 @@ pub struct Outcome {
     pub stderr_truncated: bool,
     /// From fork to the end of the job, measured in the guest.
     pub duration: Duration,
+    /// Most memory the job's processes used at once, in bytes; 0 where the
+    /// guest has no cgroups (the init outside a VM).
+    pub peak_memory: u64,
+    /// CPU time of all the job's processes (zero without cgroups).
+    pub cpu_time: Duration,
 }
 
 impl Outcome {
@@ -214,6 +224,7 @@ impl Agent {
             stderr_limit: job.stderr_limit,
             fresh: job.fresh,
             stdin,
+            memory_limit_mb: job.memory_limit_mb.unwrap_or(0),
         };
         let mut frames = postcard::to_stdvec_cobs(&Request::Run(run)).map_err(AgentError::Encode)?;
         for chunk in job.code.chunks(proto::MAX_CHUNK) {
@@ -493,6 +504,8 @@ impl Collected {
                     stdout_truncated: e.stdout_truncated,
                     stderr_truncated: e.stderr_truncated,
                     duration: Duration::from_micros(e.duration_us),
+                    peak_memory: e.peak_memory,
+                    cpu_time: Duration::from_micros(e.cpu_us),
                 }));
             }
             GuestEvent::Error { kind, message, .. } => return Err(AgentError::Refused { kind, message }),

@@ -107,6 +107,10 @@ struct RunArgs {
     /// (when the code is not read from there). Default: /dev/null.
     #[arg(long, value_name = "FILE")]
     stdin: Option<PathBuf>,
+    /// Memory the job's processes may use together, in MiB (default: three
+    /// quarters of the guest's); past it the job is OOM-killed.
+    #[arg(long, value_name = "MB", value_parser = clap::value_parser!(u32).range(1..))]
+    memory_limit: Option<u32>,
     /// Put a local file into the guest before the job, LOCAL:GUEST (GUEST
     /// relative to the job's home, or absolute inside it; repeatable).
     #[arg(long, value_name = "LOCAL:GUEST", value_parser = parse_upload)]
@@ -329,6 +333,7 @@ fn run(args: RunArgs) -> Result<ExitCode, Failure> {
     job.stdout_limit = args.output_limit;
     job.stderr_limit = args.output_limit;
     job.fresh = args.fresh;
+    job.memory_limit_mb = args.memory_limit;
 
     let config = VmConfig { cold: args.cold, ..args.vm.config() };
     let started = Instant::now();
@@ -384,6 +389,8 @@ fn run(args: RunArgs) -> Result<ExitCode, Failure> {
             "timed_out": outcome.timed_out,
             "stdout_truncated": outcome.stdout_truncated,
             "stderr_truncated": outcome.stderr_truncated,
+            "peak_memory_bytes": outcome.peak_memory,
+            "cpu_ms": round(outcome.cpu_time.as_secs_f64() * 1000.0),
             "start": start.name(),
             "boot_ms": round(times.boot_ms),
             "exec_ms": round(exec_ms),

@@ -17,7 +17,7 @@ pub use frame::{Frame, FrameReader, decode, encode};
 pub use message::*;
 
 /// Protocol version, sent in `Ready`; bumped on any incompatible change.
-pub const VERSION: u16 = 3;
+pub const VERSION: u16 = 4;
 
 /// Largest frame on the wire, COBS overhead and delimiter included. Both
 /// sides hold one frame in a static buffer; 64 KiB keeps that small while a

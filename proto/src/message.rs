@@ -68,6 +68,9 @@ pub struct Run<'a> {
     /// The job's stdin is a pipe the host feeds with [`Request::Stdin`];
     /// else it is `/dev/null`.
     pub stdin: bool,
+    /// Memory the job's processes may use together, in MiB (its cgroup's
+    /// `memory.max`); 0: the init's default (three quarters of the VM's).
+    pub memory_limit_mb: u32,
 }
 
 /// One environment variable of a job.
@@ -156,6 +159,12 @@ pub struct Exited {
     pub stderr_truncated: bool,
     /// From fork to the end of the job, in microseconds.
     pub duration_us: u64,
+    /// Most memory the job's processes used at once, in bytes (0 where the
+    /// init has no cgroups: outside a VM).
+    pub peak_memory: u64,
+    /// CPU time of all the job's processes, user and system, in
+    /// microseconds (0 without cgroups).
+    pub cpu_us: u64,
 }
 
 /// How a process ended.

@@ -104,6 +104,7 @@ pub fn sample_run<'a>(env: &[proto::Env<'a>], cwd: Option<&'a str>) -> Run<'a> {
         stderr_limit: 10,
         fresh: false,
         stdin: false,
+        memory_limit_mb: 0,
     }
 }
 

@@ -10,6 +10,7 @@
 // returning it by value is the price, paid only on the error path.
 #![allow(clippy::result_large_err)]
 
+pub mod cgroup;
 pub mod check;
 pub mod env;
 pub mod machine;
@@ -28,6 +29,7 @@ use rustix::io::Errno;
 use rustix::process::Pid;
 use rustix::time::{Itimerspec, TimerfdClockId, TimerfdFlags, TimerfdTimerFlags, Timespec};
 
+use self::cgroup::{Cgroup, Cgroups};
 use self::check::{CodeCheck, Refusal, refuse};
 use self::env::EnvBlock;
 use self::machine::{Machine, STREAMS, Sink, Step, Streams};
@@ -104,6 +106,8 @@ pub struct Loading {
     zygote: bool,
     /// Its stdin is fed by the host (else /dev/null).
     stdin: bool,
+    /// Its cgroup's memory limit in bytes; 0: the default.
+    memory: u64,
 }
 
 /// What the zygote opens through /proc, held by the init until it has.
@@ -116,9 +120,11 @@ struct Handoff {
 }
 
 impl Handoff {
-    fn fds(&self) -> Fds<'_> {
+    /// The descriptors, and the job's cgroup (which its `Running` holds).
+    fn fds<'a>(&'a self, cgroup: Option<&'a Cgroup>) -> Fds<'a> {
         let stdin = self.stdin.as_ref().map(AsFd::as_fd);
-        Fds { code: self.code.as_fd(), stdin, stdout: self.out.as_fd(), stderr: self.err.as_fd() }
+        let cgroup = cgroup.map(|c| c.dir.as_fd());
+        Fds { code: self.code.as_fd(), cgroup, stdin, stdout: self.out.as_fd(), stderr: self.err.as_fd() }
     }
 }
 
@@ -137,6 +143,8 @@ pub struct Running {
     timer: OwnedFd,
     /// The host's bytes on their way to the job's stdin.
     stdin: Option<Feed>,
+    /// Its cgroup, in a VM.
+    cgroup: Option<Cgroup>,
     machine: Machine,
     sinks: Streams<Sink>,
     started_ns: u64,
@@ -229,6 +237,8 @@ pub struct Jobs {
     owns_all: bool,
     /// Pipe reads are off until the host catches up.
     paused: bool,
+    /// The jobs' cgroups, in a VM.
+    cgroups: Option<Cgroups>,
     /// Jobs started since boot.
     pub started: u32,
     pub zygote: Option<Zygote>,
@@ -253,7 +263,7 @@ fn zygote_may_run(run: &Run<'_>) -> bool {
 
 impl Jobs {
     /// The table; `None` if it was made already (its memory is static).
-    pub fn new(config: JobConfig, owns_all: bool) -> Option<Jobs> {
+    pub fn new(config: JobConfig, owns_all: bool, cgroups: Option<Cgroups>) -> Option<Jobs> {
         let Memory { envs, output, windows } = MEMORY.take()?;
         let states = [const { JobState::Free }; MAX_JOBS];
         let early = [None; EARLY];
@@ -266,6 +276,7 @@ impl Jobs {
             config,
             owns_all,
             paused,
+            cgroups,
             started,
             zygote,
             early,
@@ -326,6 +337,7 @@ impl Jobs {
             limits: Streams([run.stdout_limit, run.stderr_limit]),
             zygote: zygote_may_run(run),
             stdin: run.stdin,
+            memory: u64::from(run.memory_limit_mb) << 20,
         });
         Ok(())
     }
@@ -395,6 +407,10 @@ impl Jobs {
         if script {
             job.code = read_only(job.code.as_fd()).map_err(|e| failed("code", e))?;
         }
+        let cgroup = match &mut self.cgroups {
+            Some(cgroups) => Some(cgroups.make(self.started, job.memory).map_err(|e| failed("cgroup", e))?),
+            None => None,
+        };
         let started_ns = sys::boottime_ns();
         let env = &self.envs[i];
         let zygote = match &self.zygote {
@@ -403,10 +419,12 @@ impl Jobs {
         };
         let handoff = Handoff { code: job.code, stdin: stdin_read, out: out_write, err: err_write };
         let (pid, handoff) = match zygote {
-            Some(z) if z.request(job.id, handoff.fds(), env, self.config.uid) => (None, Some(handoff)),
+            Some(z) if z.request(job.id, handoff.fds(cgroup.as_ref()), env, self.config.uid) => {
+                (None, Some(handoff))
+            }
             _ => {
                 let program = if script { Program::Script } else { Program::Lang(job.lang) };
-                let pid = spawn::spawn(&self.config, program, handoff.fds(), env)
+                let pid = spawn::spawn(&self.config, program, handoff.fds(cgroup.as_ref()), env)
                     .map_err(|(what, e)| failed(what, e))?;
                 // The code and the write ends are dropped here: the child
                 // holds its own copies.
@@ -432,6 +450,7 @@ impl Jobs {
             pipes: Streams([Some(stdout), Some(stderr)]),
             timer,
             stdin: feed,
+            cgroup,
             machine: Machine::new(),
             sinks: Streams([Sink::new(job.limits[Stream::Stdout]), Sink::new(job.limits[Stream::Stderr])]),
             started_ns,
@@ -518,7 +537,12 @@ impl Jobs {
         for (state, env) in self.states.iter_mut().zip(self.envs.iter()) {
             let JobState::Running(job) = state else { continue };
             let Some(handoff) = job.handoff.take() else { continue };
-            match spawn::spawn(&self.config, Program::Lang(Lang::Python), handoff.fds(), env) {
+            match spawn::spawn(
+                &self.config,
+                Program::Lang(Lang::Python),
+                handoff.fds(job.cgroup.as_ref()),
+                env,
+            ) {
                 Ok(pid) => job.forked(pid, tx),
                 Err(_) => {
                     let id = job.id;
@@ -718,6 +742,11 @@ impl Jobs {
         let Some(state) = self.states.get_mut(i) else { return };
         let JobState::Running(mut job) = mem::replace(state, JobState::Free) else { return };
         let _ = job.signal(Signal::KILL);
+        // Everything the job started, wherever it went (setsid).
+        let usage = match (&mut self.cgroups, job.cgroup.take()) {
+            (Some(cgroups), Some(cgroup)) => cgroups.end(cgroup),
+            _ => cgroup::Usage::default(),
+        };
         let others_running = self.states.iter().any(|s| matches!(s, JobState::Running(_)));
         if self.owns_all && !others_running {
             // A process that left the job's group (setsid, a daemon) would
@@ -749,6 +778,8 @@ impl Jobs {
             stdout_truncated: job.sinks[Stream::Stdout].truncated,
             stderr_truncated: job.sinks[Stream::Stderr].truncated,
             duration_us: job.ended_ns.unwrap_or_else(sys::boottime_ns).saturating_sub(job.started_ns) / 1000,
+            peak_memory: usage.peak_memory,
+            cpu_us: usage.cpu_us,
         };
         tx.send(&Event::Exited(exited));
     }

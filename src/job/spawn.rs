@@ -55,6 +55,8 @@ pub enum Program {
 pub struct Fds<'a> {
     /// The code (descriptor 3).
     pub code: BorrowedFd<'a>,
+    /// The directory of the job's cgroup, which the process starts in.
+    pub cgroup: Option<BorrowedFd<'a>>,
     /// The read end of its stdin pipe; `/dev/null` when `None`.
     pub stdin: Option<BorrowedFd<'a>>,
     pub stdout: BorrowedFd<'a>,
@@ -88,7 +90,7 @@ pub fn spawn(
 
     // SAFETY: the init has one thread. The child ends in `exec`, which
     // returns only to `exit`: it never returns to the init's code.
-    match unsafe { sys::fork() }.map_err(|e| ("fork", e))? {
+    match unsafe { sys::fork(fds.cgroup) }.map_err(|e| ("fork", e))? {
         Fork::Parent(pid) => Ok(pid),
         Fork::Child(child) => {
             let setup = Setup { config, interpreter, cwd, fds };
@@ -114,7 +116,7 @@ pub fn zygote(
     }
     // SAFETY: the init has one thread. The child ends in `exec`, which
     // returns only to `exit`: it never returns to the init's code.
-    let child = match unsafe { sys::fork() }? {
+    let child = match unsafe { sys::fork(None) }? {
         Fork::Parent(pid) => return Ok(pid),
         Fork::Child(child) => child,
     };
@@ -168,7 +170,7 @@ impl Setup<'_> {
         let _ = rustix::process::setsid();
         // stdout and stderr first, so every failure below lands in the
         // job's stderr, where the host sees it.
-        let Fds { code, stdin, stdout, stderr } = self.fds;
+        let Fds { code, cgroup, stdin, stdout, stderr } = self.fds;
         if child.dup2(stdout, 1).is_err() || child.dup2(stderr, 2).is_err() {
             sys::exit(126);
         }
@@ -194,7 +196,13 @@ impl Setup<'_> {
         if let Ok(file) = rustix::fs::open(c"/proc/self/oom_score_adj", OFlags::WRONLY, Mode::empty()) {
             check(rustix::io::write(&file, b"0"), "cannot reset oom_score_adj");
         }
-        let nproc = Rlimit { current: Some(JOB_NPROC), maximum: Some(JOB_NPROC) };
+        // With a cgroup, its pids.max is the job's limit and the per-user
+        // one goes (the kernel gives PID 1, and so every job, threads-max / 2).
+        // Without one (outside a VM), the per-user limit all jobs share.
+        let nproc = match cgroup {
+            Some(_) => Rlimit { current: None, maximum: None },
+            None => Rlimit { current: Some(JOB_NPROC), maximum: Some(JOB_NPROC) },
+        };
         check(rustix::process::setrlimit(Resource::Nproc, nproc), "cannot set RLIMIT_NPROC");
         let _ = rustix::process::setrlimit(Resource::Core, Rlimit { current: Some(0), maximum: Some(0) });
         if rustix::process::getuid().is_root() {

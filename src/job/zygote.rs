@@ -18,8 +18,8 @@ use crate::config::JobConfig;
 const PIPE_BUF: usize = 4096;
 
 /// Request header: length, job, code fd, stdout fd, stderr fd, has_cwd,
-/// the job user, stdin fd (0: none).
-const HEADER: usize = 8 * 4;
+/// the job user, stdin fd (0: none), cgroup directory fd (0: none).
+const HEADER: usize = 9 * 4;
 
 /// A reply: kind, job, pid.
 const REPLY: usize = 3 * 4;
@@ -69,7 +69,8 @@ impl Zygote {
         // At most PIPE_BUF: the length fits a u32.
         let length = u32::try_from(block.len()).unwrap_or(0);
         let has_cwd = u32::from(env.cwd().is_some());
-        let header = [length, job, fd(fds.code), fd(fds.stdout), fd(fds.stderr), has_cwd, uid, stdin];
+        let cgroup = fds.cgroup.map_or(0, fd);
+        let header = [length, job, fd(fds.code), fd(fds.stdout), fd(fds.stderr), has_cwd, uid, stdin, cgroup];
         for (slot, value) in message.chunks_exact_mut(4).zip(header) {
             slot.copy_from_slice(&value.to_ne_bytes());
         }
