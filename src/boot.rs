@@ -54,6 +54,12 @@ pub fn boot(config: &Config) {
     if let Err(e) = sys::bring_up_loopback() {
         log!("cannot bring up lo: {}", Os(e));
     }
+    // Every job runs as the same user: without this, one job could
+    // ptrace-attach to another. 1: only to one's own descendants.
+    let scope = rustix::fs::open(c"/proc/sys/kernel/yama/ptrace_scope", OFlags::WRONLY, Mode::empty());
+    if let Err(e) = scope.and_then(|fd| rustix::io::write(&fd, b"1")) {
+        log!("cannot restrict ptrace: {}", Os(e));
+    }
 }
 
 fn mount(source: &CStr, target: &CStr, fstype: &CStr, flags: MountFlags, data: Option<&CStr>) {

@@ -1,7 +1,7 @@
 //! The init's settings, from its command line.
 //!
 //! Flags come from argv (tests, debugging). In a VM the host sets them on the
-//! kernel command line as `pid1_boot=1` and `pid1_port=/dev/hvc0`: the kernel
+//! kernel command line as `pid1_boot=1` and `pid1_port=/dev/vport2p1`: the kernel
 //! hands `name=value` parameters it does not know to the init as environment
 //! variables. (Arguments after `--` would reach argv too, but QEMU appends
 //! its own `virtio_mmio.device=` parameters after them.)
@@ -31,8 +31,12 @@ pub struct JobConfig {
     pub zygote: &'static CStr,
 }
 
-/// The port a booted VM serves on: the first virtio-console port.
-pub const BOOT_PORT: &CStr = c"/dev/hvc0";
+/// The port a booted VM serves on: the virtio serial port the host adds
+/// (`virtserialport`, not a console port: QEMU drops a console port's
+/// bytes when the host reads slowly, and throttles a serial port instead).
+/// 2: the third virtio device on the host's QEMU command line (after the
+/// disk and the entropy source); port 1: the first that is not a console.
+pub const BOOT_PORT: &CStr = c"/dev/vport2p1";
 
 pub const USAGE: &str = "usage: pid1 [--boot] [--port DEVICE] [--python PATH] \
                          [--shell PATH] [--home DIR] [--uid N] [--zygote SCRIPT]";

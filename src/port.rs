@@ -70,12 +70,13 @@ pub fn open(path: Option<&CStr>) -> Result<(Rx, Tx), (&'static str, Errno)> {
     ))
 }
 
-/// Opens a terminal device twice and puts it in raw mode: no echo, no line
-/// editing, no CR/LF rewriting.
+/// Opens the port device, a descriptor for each side (a virtio serial port
+/// takes one opener: the second is a dup), and puts a terminal in raw mode:
+/// no echo, no line editing, no CR/LF rewriting.
 fn open_device(path: &CStr) -> rustix::io::Result<(OwnedFd, OwnedFd)> {
     let flags = OFlags::RDWR | OFlags::NOCTTY | OFlags::NONBLOCK | OFlags::CLOEXEC;
     let rx = rustix::fs::open(path, flags, Mode::empty())?;
-    let tx = rustix::fs::open(path, flags, Mode::empty())?;
+    let tx = rustix::io::fcntl_dupfd_cloexec(&rx, 0)?;
     // Not a terminal (ENOTTY): nothing to make raw.
     match crate::sys::make_raw(rx.as_fd()) {
         Ok(()) | Err(Errno::NOTTY) => {}

@@ -621,7 +621,17 @@ pub fn qemu_args(config: &VmConfig, accel: Accel, launch: &Launch<'_>) -> Vec<St
     // random.trust_cpu), so the first getrandom() does not stall.
     push(&["-device", "virtio-rng-device"]);
     let chardev = format!("socket,id=agent,path={}", launch.agent.display());
-    push(&["-device", "virtio-serial-device", "-chardev", &chardev, "-device", "virtconsole,chardev=agent"]);
+    // A serial port, not a console port (`virtconsole`): QEMU throttles a
+    // serial port when the host reads slowly, and silently drops what a
+    // console port writes then (corrupt frames under load, seen here).
+    push(&[
+        "-device",
+        "virtio-serial-device",
+        "-chardev",
+        &chardev,
+        "-device",
+        "virtserialport,chardev=agent,name=pid1",
+    ]);
     let serial = match launch.console {
         Console::File(path) => format!("file:{}", path.display()),
         Console::Stderr => "file:/dev/stderr".to_owned(),
