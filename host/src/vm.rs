@@ -329,6 +329,11 @@ impl Vm {
         console_tail(&self.dir.path().join("console.log"), usize::MAX)
     }
 
+    /// Whether QEMU has exited (the guest powered off, or it was killed).
+    pub fn has_exited(&mut self) -> bool {
+        !matches!(self.child.try_wait(), Ok(None))
+    }
+
     /// Asks the guest to shut down and waits for QEMU to exit (killing it
     /// if it does not within a few seconds).
     pub fn shutdown(mut self) {

@@ -154,6 +154,22 @@ fn files_under(dir: &std::path::Path) -> usize {
 }
 
 #[test]
+fn a_host_that_hangs_up_ends_its_vm() {
+    let mut vm = restored_vm();
+    let id = vm.agent().submit(&Job::shell("echo running; sleep 100")).unwrap();
+    let _ = vm.agent().next_event_for(|e| matches!(e, GuestEvent::Output { job, .. } if *job == id)).unwrap();
+    vm.agent().close();
+    // The init reads the end of its port, kills the job, powers off.
+    for _ in 0..300 {
+        if vm.has_exited() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(vm.has_exited(), "QEMU still runs after its host hung up:\n{}", vm.console());
+}
+
+#[test]
 fn a_host_that_dies_takes_its_vm_along() {
     template_ready();
     let tmp = tempfile::tempdir().unwrap();
