@@ -147,12 +147,13 @@ pub struct Launch<'a> {
 pub struct Vm {
     child: Child,
     agent: Agent,
-    dir: tempfile::TempDir,
     accel: Accel,
     times: BootTimes,
     start: Start,
     /// Why a restore was wanted but did not happen.
     fallback: Option<String>,
+    /// The console log, whose name is gone (see [`VmStart::finish`]).
+    console: Option<fs::File>,
     pub(crate) qmp: Option<Qmp>,
     _cleanup: [Registered; 2],
 }
@@ -326,7 +327,7 @@ impl Vm {
 
     /// The kernel console so far.
     pub fn console(&self) -> String {
-        console_tail(&self.dir.path().join("console.log"), usize::MAX)
+        self.console.as_ref().map_or_else(|| String::from("(no console output)"), |f| tail_of(f, usize::MAX))
     }
 
     /// Whether QEMU has exited (the guest powered off, or it was killed).
@@ -497,11 +498,18 @@ impl VmStart {
     }
 
     /// The VM is up: hand its parts to a [`Vm`].
+    /// Once QEMU has connected to its sockets and opened its logs, their
+    /// names are not needed: the VM's directory goes now (the console is
+    /// read through a descriptor), so a host killed with SIGKILL leaves
+    /// nothing behind in TMPDIR.
     fn finish(mut self, agent: Agent, accel: Accel, times: BootTimes, start: Start, qmp: Option<Qmp>) -> Vm {
+        let console = fs::File::open(&self.console).ok();
+        // Dropping the TempDir removes it.
+        drop(self.dir.take());
         Vm {
+            console,
             child: self.child.take().expect("child"),
             agent,
-            dir: self.dir.take().expect("dir"),
             accel,
             times,
             start,
@@ -669,7 +677,14 @@ pub fn die_with_parent(command: &mut Command) {
 
 /// The last `lines` lines of a console log.
 fn console_tail(path: &Path, lines: usize) -> String {
-    let Ok(mut file) = fs::File::open(path) else { return String::from("(no console output)") };
+    match fs::File::open(path) {
+        Ok(file) => tail_of(&file, lines),
+        Err(_) => String::from("(no console output)"),
+    }
+}
+
+/// The last `lines` lines of an open console log.
+fn tail_of(mut file: &fs::File, lines: usize) -> String {
     let len = file.metadata().map(|m| m.len()).unwrap_or(0);
     let _ = file.seek(SeekFrom::Start(len.saturating_sub(64 * 1024)));
     let mut text = String::new();
