@@ -7,22 +7,11 @@ mod common;
 
 use std::time::Duration;
 
-use common::{restored_vm, text};
+use common::{restored_vm, still_serving, text, vm_run};
 use vmhost::{ErrorKind, Job, Outcome, Vm};
-
-fn run(vm: &mut Vm, job: &Job) -> Outcome {
-    vm.agent().run(job, |_, _| {}).unwrap_or_else(|e| panic!("{job:?}: {e}"))
-}
 
 fn wait(vm: &mut Vm, id: u32) -> Outcome {
     vm.agent().wait_job(id, &mut |_, _| {}).unwrap()
-}
-
-/// The next job is byte-exact and the init's table is empty.
-fn still_serving(vm: &mut Vm) {
-    let out = run(vm, &Job::python("print('still serving')"));
-    assert_eq!(text(&out.stdout), "still serving\n");
-    assert_eq!(vm.agent().ping().unwrap().jobs_active, 0);
 }
 
 #[test]
@@ -30,8 +19,8 @@ fn each_job_has_a_cgroup_and_reports_its_usage() {
     let mut vm = restored_vm();
     let cgroup =
         "print(open('/proc/self/cgroup').read().strip())\nx = bytearray(32 << 20)\nsum(range(3_000_000))";
-    let first = run(&mut vm, &Job::python(cgroup));
-    let second = run(&mut vm, &Job::shell("cat /proc/self/cgroup"));
+    let first = vm_run(&mut vm, &Job::python(cgroup));
+    let second = vm_run(&mut vm, &Job::shell("cat /proc/self/cgroup"));
     let (a, b) = (text(&first.stdout), text(&second.stdout));
     assert!(a.starts_with("0::/j") && b.starts_with("0::/j") && a.trim() != b.trim(), "{a:?} {b:?}");
     // 32 MiB touched, and CPU spent.
@@ -43,7 +32,7 @@ fn each_job_has_a_cgroup_and_reports_its_usage() {
     let fill = "import os\nn = 0\ntry:\n    while True:\n        if os.fork() == 0:\n            os.execv('/bin/sleep', ['sleep', '120'])\n        n += 1\nexcept OSError as e:\n    print(n, e.errno)";
     let mut job = Job::python(fill);
     job.timeout = Some(Duration::from_secs(300));
-    let out = run(&mut vm, &job);
+    let out = vm_run(&mut vm, &job);
     assert_eq!(text(&out.stdout), "1023 11\n", "{}", text(&out.stderr));
     still_serving(&mut vm);
     vm.shutdown();
@@ -60,7 +49,7 @@ fn a_memory_hog_is_killed_alone() {
         .unwrap();
     let mut hog = Job::python("x = []\nwhile True:\n    x.append(bytearray(1 << 20))");
     hog.memory_limit_mb = Some(48);
-    let out = run(&mut vm, &hog);
+    let out = vm_run(&mut vm, &hog);
     assert_eq!(out.code(), 137, "OOM-killed: {}", text(&out.stderr));
     assert!(out.peak_memory <= 48 << 20 && out.peak_memory > 40 << 20, "{}", out.peak_memory);
     let out = wait(&mut vm, neighbour);
@@ -77,7 +66,7 @@ fn a_fork_bomb_stays_in_its_job() {
     job.timeout = Some(Duration::from_secs(20));
     let bomb = vm.agent().submit(&job).unwrap();
     // Its neighbour gets its share of the CPU and its processes.
-    let out = run(
+    let out = vm_run(
         &mut vm,
         &Job::shell("for i in 1 2 3; do (echo $i); done; python3 -c 'print(sum(range(10**5)))'"),
     );
@@ -86,7 +75,7 @@ fn a_fork_bomb_stays_in_its_job() {
     // Stopped at its deadline, or by its memory limit (its page tables).
     assert!(out.timed_out || out.code() == 137, "{:?}", out.exit);
     // Nothing of it is left.
-    let left = run(&mut vm, &Job::shell("ps -o user,args | grep -c '^user.*[p]ython'"));
+    let left = vm_run(&mut vm, &Job::shell("ps -o user,args | grep -c '^user.*[p]ython'"));
     assert_eq!(text(&left.stdout), "0\n");
     still_serving(&mut vm);
     vm.shutdown();
@@ -98,9 +87,9 @@ fn a_setsid_daemon_ends_with_its_job_while_others_run() {
     let mut other = Job::shell("sleep 8; echo other");
     other.timeout = Some(Duration::from_secs(60));
     let other = vm.agent().submit(&other).unwrap();
-    let out = run(&mut vm, &Job::shell("setsid sleep 1000 & echo started"));
+    let out = vm_run(&mut vm, &Job::shell("setsid sleep 1000 & echo started"));
     assert_eq!(text(&out.stdout), "started\n");
-    let left = run(&mut vm, &Job::shell("ps -o args | grep -c '^sleep 1000'"));
+    let left = vm_run(&mut vm, &Job::shell("ps -o args | grep -c '^sleep 1000'"));
     assert_eq!(text(&left.stdout), "0\n", "the daemon went with its job");
     assert_eq!(text(&wait(&mut vm, other).stdout), "other\n");
 

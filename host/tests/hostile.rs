@@ -8,19 +8,9 @@ mod common;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use common::{ZOMBIE_SCAN, double_forks, restored_vm, template_ready, text};
+use common::{ZOMBIE_SCAN, double_forks, restored_vm, still_serving, template_ready, text, vm_run};
 use proto::{Env, ErrorKind, Lang, Request, Run};
-use vmhost::{GuestEvent, Job, Outcome, Vm};
-
-fn run(vm: &mut Vm, job: &Job) -> Outcome {
-    vm.agent().run(job, |_, _| {}).unwrap_or_else(|e| panic!("{job:?}: {e}"))
-}
-
-fn still_serving(vm: &mut Vm) {
-    let out = run(vm, &Job::python("print('still serving')"));
-    assert_eq!(text(&out.stdout), "still serving\n");
-    assert_eq!(vm.agent().ping().unwrap().jobs_active, 0);
-}
+use vmhost::{GuestEvent, Job};
 
 #[test]
 fn floods_and_orphans() {
@@ -32,7 +22,7 @@ fn floods_and_orphans() {
     job.timeout = Some(Duration::from_secs(300));
     let flood = vm.agent().submit(&job).unwrap();
     // The VM answers meanwhile.
-    let out = run(&mut vm, &Job::shell("echo beside the flood"));
+    let out = vm_run(&mut vm, &Job::shell("echo beside the flood"));
     assert_eq!(text(&out.stdout), "beside the flood\n");
     let out = vm.agent().wait_job(flood, &mut |_, _| {}).unwrap();
     assert_eq!((out.code(), out.stdout.len(), out.stderr.len()), (0, 1 << 20, 1 << 20));
@@ -42,7 +32,7 @@ fn floods_and_orphans() {
     let before = vm.agent().ping().unwrap().orphans_reaped;
     let mut job = Job::python(format!("{}{ZOMBIE_SCAN}", double_forks(1000)));
     job.timeout = Some(Duration::from_secs(300));
-    let out = run(&mut vm, &job);
+    let out = vm_run(&mut vm, &job);
     assert!(
         text(&out.stdout).contains("SPAWNED:1000") && text(&out.stdout).contains("ZOMBIE_COUNT:0"),
         "{}",
@@ -219,7 +209,7 @@ print('mount', errname(lambda: call(libc.mount(b'none', b'/mnt', b'tmpfs', 0, No
 print('clock', errname(lambda: time.clock_settime(time.CLOCK_REALTIME, 0)))
 "#
     );
-    let out = run(&mut vm, &Job::python(probe));
+    let out = vm_run(&mut vm, &Job::python(probe));
     assert_eq!(
         text(&out.stdout),
         "kill 1 EPERM\n/proc/1 ENOENT\nport EACCES\nvda EACCES\nptrace EPERM\nmount EPERM\nclock EPERM\n",

@@ -5,15 +5,11 @@
 
 mod common;
 
-use common::{restored_vm, template_ready, text};
-use vmhost::{Job, Outcome, Vm};
-
-fn run(vm: &mut Vm, job: &Job) -> Outcome {
-    vm.agent().run(job, |_, _| {}).unwrap_or_else(|e| panic!("{job:?}: {e}"))
-}
+use common::{restored_vm, template_ready, text, vm_run};
+use vmhost::{Job, Vm};
 
 fn shell(vm: &mut Vm, code: &str) -> (String, String, i32) {
-    let out = run(vm, &Job::shell(code));
+    let out = vm_run(vm, &Job::shell(code));
     (text(&out.stdout), text(&out.stderr), out.code())
 }
 
@@ -57,7 +53,7 @@ declare -A m=([k]=v); echo "${m[k]}"
     assert_eq!(shell(&mut vm, bash), ("bash 5 two three\npipefail 1\nv\n".into(), String::new(), 0));
 
     // Python's own byte order mark handling is unchanged.
-    let out = run(&mut vm, &Job::python("\u{feff}print('py bom')"));
+    let out = vm_run(&mut vm, &Job::python("\u{feff}print('py bom')"));
     assert_eq!((text(&out.stdout), out.code()), ("py bom\n".into(), 0));
     vm.shutdown();
 }
@@ -79,7 +75,7 @@ echo x > /var/tmp/probe && cat /var/tmp/probe
                  libc = ctypes.CDLL(None, use_errno=True)\n\
                  r = libc.mount(b'none', b'/mnt', b'tmpfs', 0, None)\n\
                  print(r, os.strerror(ctypes.get_errno()))";
-    let out = run(&mut vm, &Job::python(mount));
+    let out = vm_run(&mut vm, &Job::python(mount));
     assert_eq!(text(&out.stdout), "-1 Operation not permitted\n", "{}", text(&out.stderr));
     vm.shutdown();
 }

@@ -23,7 +23,7 @@ const ROOT: &CStr = c"/sys/fs/cgroup";
 
 /// Processes a job may have at once (`pids.max`): room for real parallel
 /// work, a wall against a fork bomb.
-pub const JOB_PIDS: u32 = 1024;
+const JOB_PIDS: &[u8] = b"1024";
 
 /// Ended jobs' cgroups that still had processes (being killed) when their
 /// job ended: removed on a later try.
@@ -95,9 +95,7 @@ impl Cgroups {
             let _ = write!(text, "{memory}");
             write_at(dir.as_fd(), c"memory.max", text.as_bytes())?;
             write_at(dir.as_fd(), c"memory.oom.group", b"1")?;
-            text.clear();
-            let _ = write!(text, "{JOB_PIDS}");
-            write_at(dir.as_fd(), c"pids.max", text.as_bytes())?;
+            write_at(dir.as_fd(), c"pids.max", JOB_PIDS)?;
             Ok(dir)
         });
         match limited {

@@ -292,3 +292,16 @@ pub fn cold_vm() -> vmhost::Vm {
     assert_eq!(vm.start(), vmhost::Start::Cold);
     vm
 }
+
+/// Runs a job in a VM to its end; panics with the job if the VM refuses it.
+pub fn vm_run(vm: &mut vmhost::Vm, job: &Job) -> Outcome {
+    vm.agent().run(job, |_, _| {}).unwrap_or_else(|e| panic!("{job:?}: {e}"))
+}
+
+/// After a hostile case: the next job is byte-exact and the init's job
+/// table is empty.
+pub fn still_serving(vm: &mut vmhost::Vm) {
+    let out = vm_run(vm, &Job::python("print('still serving')"));
+    assert_eq!(text(&out.stdout), "still serving\n");
+    assert_eq!(vm.agent().ping().unwrap().jobs_active, 0);
+}
