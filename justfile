@@ -81,6 +81,7 @@ lint:
     python3 scripts/modules.py src >/dev/null
     cargo fmt --all --check
     cargo clippy --profile init -p pid1 -- -D warnings
+    cargo clippy --profile init -p pid1 --lib --tests -- -D warnings
     cargo clippy --release -p proto -p host --all-targets --features proto/std -- -D warnings
 
 # Run every test: unit, wire, the init on this host (subreaper and PID 1), and VMs under QEMU
@@ -89,7 +90,7 @@ test: image lint
     cargo test --release -p proto --features std
     cargo test --release -p host
 
-# Fuzz the frame reader and request decoding, RUNS executions each (nightly + cargo-fuzz); corpus and crashes in fuzz/ are replayed by `just test`
+# Fuzz the frame reader, request decoding and the init's request handling in-process, RUNS executions each (nightly + cargo-fuzz); corpus and crashes in fuzz/ are replayed by `just test`
 fuzz runs="5000000":
     #!/usr/bin/env bash
     set -euo pipefail
@@ -98,7 +99,9 @@ fuzz runs="5000000":
         exit 1
     fi
     command -v cargo-fuzz >/dev/null || cargo install --locked cargo-fuzz
-    for target in frames requests; do
+    # The handling target starts from seeds that reach every request.
+    cargo test -q --profile init -p pid1 --lib -- --ignored write_seeds
+    for target in frames requests serve; do
         cargo +nightly fuzz run --fuzz-dir fuzz "$target" -- -runs="{{runs}}" -max_len=4096
         cargo +nightly fuzz cmin --fuzz-dir fuzz "$target"
     done
@@ -108,3 +111,7 @@ fuzz runs="5000000":
 # Boot N VMs per job kind, alternating with a busybox-sh baseline init; medians and ratios
 bench-boot n="10": image
     cargo run --release -q -p host --bin bench-boot -- --runs "$1"
+
+# How late job timeouts fire in a VM: idle, beside output floods, and with the host not reading; medians and ratios
+bench-timeouts n="10": image
+    cargo run --release -q -p host --bin bench-timeouts -- --runs "$1"

@@ -53,10 +53,13 @@ pub fn frames(data: &[u8]) {
     assert_eq!(got, want);
 }
 
-/// A frame's bytes that decode as a request encode back to the same
-/// request.
+/// The init's decoder agrees with postcard on every input: the same
+/// request, or an error from both. A frame's bytes that decode as a
+/// request encode back to the same request.
 pub fn requests(data: &[u8]) {
-    let Ok(request) = proto::decode::<Request<'_>>(data) else { return };
+    let decoded = proto::decode::<Request<'_>>(data);
+    assert_eq!(proto::wire::decode_request(data).ok(), decoded.clone().ok(), "the init decodes {data:02x?} otherwise");
+    let Ok(request) = decoded else { return };
     let bytes = postcard::to_stdvec(&request).expect("a decoded request encodes");
     let again: Request<'_> = postcard::from_bytes(&bytes).expect("its encoding decodes");
     assert_eq!(again, request);

@@ -25,6 +25,13 @@ def module_name(src: Path, file: Path) -> str:
 def main() -> int:
     src = Path(sys.argv[1] if len(sys.argv) > 1 else "src")
     files = {module_name(src, f): f for f in sorted(src.rglob("*.rs")) if f.name not in ("lib.rs", "main.rs")}
+    # Modules built only for tests and fuzzing (`#[cfg(any(test, fuzzing))]
+    # mod x;`) are harnesses around the init, not part of it: left out like
+    # unit tests.
+    for module, file in list(files.items()):
+        for child in re.findall(r"^#\[cfg\(any\(test, fuzzing\)\)\]\s*\n\s*(?:pub\s+)?mod\s+([a-z_][a-z0-9_]*)\s*;",
+                                file.read_text(), re.M):
+            files.pop(f"{module}::{child}", None)
     edges: dict[str, set[str]] = {m: set() for m in files}
     for module, file in files.items():
         parent = module.rsplit("::", 1)[0] if "::" in module else ""
@@ -47,7 +54,8 @@ def main() -> int:
                     edges[module].add(target)
         # A parent names its children by `mod child;`.
         for child in re.findall(r"^\s*(?:pub\s+)?mod\s+([a-z_][a-z0-9_]*)\s*;", code, re.M):
-            edges[module].add(f"{module}::{child}")
+            if f"{module}::{child}" in files:
+                edges[module].add(f"{module}::{child}")
 
     for module in sorted(edges):
         print(f"{module} -> {', '.join(sorted(edges[module])) or '(nothing)'}")

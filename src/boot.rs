@@ -7,7 +7,6 @@
 //! would delete the host's node.
 
 use core::ffi::CStr;
-use core::fmt::Write;
 
 use rustix::fs::{Mode, OFlags};
 use rustix::io::Errno;
@@ -15,7 +14,7 @@ use rustix::mount::MountFlags;
 
 use crate::config::Config;
 use crate::error::Os;
-use crate::log::Path;
+use crate::log::{Path, Text};
 use crate::{log, sys};
 
 /// Device nodes that give a job the host's physical memory or I/O ports.
@@ -37,34 +36,31 @@ pub fn boot(config: &Config) {
     mount(c"tmpfs", c"/tmp", c"tmpfs", hardened, Some(c"mode=1777"));
     mount(c"tmpfs", c"/run", c"tmpfs", hardened | MountFlags::NOEXEC, Some(c"mode=0755"));
 
-    let mut home = heapless::Vec::<u8, 64>::new();
-    let mut text = heapless::String::<63>::new();
-    let _ = write!(text, "mode=0700,uid={0},gid={0}", config.jobs.uid);
-    let _ = home.extend_from_slice(text.as_bytes());
-    let _ = home.push(0);
-    let home_opts = CStr::from_bytes_until_nul(&home).unwrap_or(c"mode=0700");
+    let uid = config.jobs.uid;
+    let home = Text::<64>::of(&[&"mode=0700,uid=", &uid, &",gid=", &uid, &"\0"]);
+    let home_opts = home.as_c_str().unwrap_or(c"mode=0700");
     mount(c"tmpfs", config.jobs.home, c"tmpfs", hardened, Some(home_opts));
 
     for node in DANGEROUS_NODES {
         match rustix::fs::unlink(node) {
             Ok(()) | Err(Errno::NOENT) => {}
-            Err(e) => log!("cannot remove {}: {}", Path(node), Os(e)),
+            Err(e) => log!("cannot remove ", Path(node), ": ", Os(e)),
         }
     }
     if let Err(e) = sys::bring_up_loopback() {
-        log!("cannot bring up lo: {}", Os(e));
+        log!("cannot bring up lo: ", Os(e));
     }
     // Every job runs as the same user: without this, one job could
     // ptrace-attach to another. 1: only to one's own descendants.
     let scope = rustix::fs::open(c"/proc/sys/kernel/yama/ptrace_scope", OFlags::WRONLY, Mode::empty());
     if let Err(e) = scope.and_then(|fd| rustix::io::write(&fd, b"1")) {
-        log!("cannot restrict ptrace: {}", Os(e));
+        log!("cannot restrict ptrace: ", Os(e));
     }
 }
 
 fn mount(source: &CStr, target: &CStr, fstype: &CStr, flags: MountFlags, data: Option<&CStr>) {
     if let Err(e) = rustix::mount::mount(source, target, fstype, flags, data) {
-        log!("cannot mount {} on {}: {}", Path(fstype), Path(target), Os(e));
+        log!("cannot mount ", Path(fstype), " on ", Path(target), ": ", Os(e));
     }
 }
 
@@ -91,7 +87,7 @@ pub fn protect_from_oom() {
         return;
     };
     if let Err(e) = rustix::io::write(&file, b"-1000") {
-        log!("cannot set oom_score_adj: {}", Os(e));
+        log!("cannot set oom_score_adj: ", Os(e));
     }
 }
 
@@ -111,7 +107,7 @@ pub fn power_off() -> ! {
     end_all_processes();
     rustix::fs::sync();
     if let Err(e) = rustix::system::reboot(rustix::system::RebootCommand::Restart) {
-        log!("reset failed: {}", Os(e));
+        log!("reset failed: ", Os(e));
     }
     loop {
         rustix::event::pause();

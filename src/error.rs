@@ -1,11 +1,9 @@
 //! Errors as the init reports them: an errno as text, for log lines and for
 //! the `Error` events a host reads.
 
-use core::fmt;
-
 use rustix::io::Errno;
 
-use crate::log::Text;
+use crate::log::{Cursor, Piece};
 
 /// The text of errnos 1 to 40, one per line in errno order, as `strerror`
 /// gives them; an empty line is an errno the init never meets. One string
@@ -73,11 +71,13 @@ pub fn describe(e: Errno) -> &'static str {
 /// (which would bring Unicode tables into the binary).
 pub struct Os(pub Errno);
 
-impl fmt::Display for Os {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        // Errnos are positive: printed as u32, the integer the rest of the
-        // init formats, so that one formatter is linked.
-        write!(f, "errno {} ({})", self.0.raw_os_error().unsigned_abs(), Text(describe(self.0)))
+impl Piece for Os {
+    fn put(&self, out: &mut Cursor<'_>) {
+        out.bytes(b"errno ");
+        self.0.raw_os_error().unsigned_abs().put(out);
+        out.bytes(b" (");
+        out.bytes(describe(self.0).as_bytes());
+        out.bytes(b")");
     }
 }
 

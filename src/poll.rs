@@ -90,15 +90,16 @@ impl Poll {
         if on { token.interest() } else { epoll::EventFlags::empty() }
     }
 
-    /// `epoll_wait` with no timeout: the tokens of what is ready. Job tokens
-    /// name one of `slots` slots (which also spares their users a bounds
-    /// check).
+    /// `epoll_wait`, for at most `timeout` (`None`: until something is
+    /// ready): the tokens of what is ready. Job tokens name one of `slots`
+    /// slots (which also spares their users a bounds check).
     pub fn wait<'e, const N: usize>(
         &self,
         events: &'e mut [MaybeUninit<epoll::Event>; N],
         slots: usize,
+        timeout: Option<&rustix::time::Timespec>,
     ) -> rustix::io::Result<impl Iterator<Item = Token> + 'e> {
-        let (ready, _) = epoll::wait(&self.0, events, None)?;
+        let (ready, _) = epoll::wait(&self.0, events, timeout)?;
         Ok(ready.iter().filter_map(move |event| Token::decode(event.data.u64(), slots)))
     }
 }

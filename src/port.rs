@@ -48,10 +48,8 @@ static BUFFERS: TakeOnce<Buffers> =
 
 /// Opens the port: the device at `path`, or stdin and stdout when `None`
 /// (outside a VM). Two descriptors, one per direction, so that epoll can
-/// watch each on its own; both non-blocking. Once only: the buffers are
-/// static.
+/// watch each on its own; both non-blocking.
 pub fn open(path: Option<&CStr>) -> Result<(Rx, Tx), (&'static str, Errno)> {
-    let buffers = BUFFERS.take().ok_or(("port buffers", Errno::BUSY))?;
     let (rx, tx) = match path {
         Some(path) => open_device(path).map_err(|e| ("agent port", e))?,
         None => {
@@ -63,7 +61,13 @@ pub fn open(path: Option<&CStr>) -> Result<(Rx, Tx), (&'static str, Errno)> {
             (rx, tx)
         }
     };
-    let Buffers { frame, input, queue } = buffers;
+    on_fds(rx, tx)
+}
+
+/// The port on descriptors already open and non-blocking: `rx` the host
+/// writes to, `tx` it reads. Once only: the buffers are static.
+pub fn on_fds(rx: OwnedFd, tx: OwnedFd) -> Result<(Rx, Tx), (&'static str, Errno)> {
+    let Buffers { frame, input, queue } = BUFFERS.take().ok_or(("port buffers", Errno::BUSY))?;
     Ok((
         Rx { fd: rx, reader: frame, buf: input, start: 0, end: 0 },
         Tx { fd: tx, buf: queue, head: 0, tail: 0, watched: false, broken: false },
@@ -121,6 +125,13 @@ impl Rx {
         }
     }
 
+    /// Drops what was read and the frame begun: a new host's stream.
+    #[cfg(any(test, fuzzing))]
+    pub fn forget(&mut self) {
+        *self.reader = FrameReader::new();
+        (self.start, self.end) = (0, 0);
+    }
+
     /// The next whole frame in what was read, if one ends there.
     pub fn next_frame(&mut self) -> Option<Frame<'_>> {
         // `push` takes everything when no frame ends in it.
@@ -152,27 +163,33 @@ impl Tx {
         TX_CAP - self.pending()
     }
 
+    /// Drops every event queued: a new host's stream.
+    #[cfg(any(test, fuzzing))]
+    pub fn forget(&mut self) {
+        (self.head, self.tail, self.broken) = (0, 0, false);
+    }
+
     /// Queues one event and writes what the port takes now.
     pub fn send(&mut self, event: &Event<'_>) {
         while !self.broken {
             let pending = self.pending();
-            match proto::encode(event, &mut self.buf[self.tail..]) {
-                Ok(frame) => {
-                    self.tail += frame.len();
+            match proto::wire::encode_event(event, &mut self.buf[self.tail..]) {
+                Some(len) => {
+                    self.tail += len;
                     break;
                 }
-                Err(_) if self.head > 0 => {
+                None if self.head > 0 => {
                     self.buf.copy_within(self.head..self.tail, 0);
                     self.tail -= self.head;
                     self.head = 0;
                 }
-                Err(_) if pending == 0 => {
+                None if pending == 0 => {
                     log!("event larger than the send buffer, dropped");
                     return;
                 }
                 // Full although the loop keeps the reserve: never wait for
                 // the host here (the loop must go on), say so and drop.
-                Err(_) => {
+                None => {
                     log!("send queue full, event dropped");
                     return;
                 }
@@ -189,7 +206,7 @@ impl Tx {
                 Err(Errno::AGAIN) => return,
                 Err(Errno::INTR) => {}
                 Err(e) => {
-                    log!("agent port write failed: {}; dropping events", Os(e));
+                    log!("agent port write failed: ", Os(e), "; dropping events");
                     self.broken = true;
                 }
             }

@@ -9,8 +9,9 @@
 //! on.
 #![allow(unsafe_code)]
 
+#[cfg(not(any(test, fuzzing)))]
 use core::arch::asm;
-#[cfg(not(test))]
+#[cfg(not(any(test, fuzzing)))]
 use core::arch::naked_asm;
 use core::ffi::CStr;
 
@@ -19,7 +20,7 @@ use core::ffi::CStr;
 /// # Safety
 ///
 /// Only the kernel calls this, once, with the initial process stack.
-#[cfg(not(test))]
+#[cfg(not(any(test, fuzzing)))]
 #[unsafe(naked)]
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn _start() -> ! {
@@ -34,7 +35,7 @@ pub unsafe extern "C" fn _start() -> ! {
 }
 
 /// Turns the initial stack into the argument list and runs the init.
-#[cfg(not(test))]
+#[cfg(not(any(test, fuzzing)))]
 extern "C" fn entry(stack: *const usize) -> ! {
     debug_assert!(!stack.is_null());
     // SAFETY: the kernel puts argc at the initial stack pointer, followed by
@@ -110,7 +111,7 @@ impl Iterator for Environ {
 /// # Safety
 ///
 /// `dst` and `src` valid for `n` bytes and not overlapping.
-#[cfg(not(test))]
+#[cfg(not(any(test, fuzzing)))]
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn memcpy(dst: *mut u8, src: *const u8, n: usize) -> *mut u8 {
     // SAFETY: the caller gives valid, disjoint ranges; the direction flag is
@@ -125,7 +126,7 @@ pub unsafe extern "C" fn memcpy(dst: *mut u8, src: *const u8, n: usize) -> *mut 
 /// # Safety
 ///
 /// `dst` and `src` valid for `n` bytes; they may overlap.
-#[cfg(not(test))]
+#[cfg(not(any(test, fuzzing)))]
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn memmove(dst: *mut u8, src: *const u8, n: usize) -> *mut u8 {
     if (dst as usize).wrapping_sub(src as usize) >= n {
@@ -147,7 +148,7 @@ pub unsafe extern "C" fn memmove(dst: *mut u8, src: *const u8, n: usize) -> *mut
 /// # Safety
 ///
 /// `dst` valid for `n` bytes. As in C, the fill is `c` converted to a byte.
-#[cfg(not(test))]
+#[cfg(not(any(test, fuzzing)))]
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn memset(dst: *mut u8, c: i32, n: usize) -> *mut u8 {
     // SAFETY: the caller gives a valid range; the direction flag is clear.
@@ -161,7 +162,7 @@ pub unsafe extern "C" fn memset(dst: *mut u8, c: i32, n: usize) -> *mut u8 {
 /// # Safety
 ///
 /// `a` and `b` valid for `n` bytes.
-#[cfg(not(test))]
+#[cfg(not(any(test, fuzzing)))]
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn memcmp(a: *const u8, b: *const u8, n: usize) -> i32 {
     for i in 0..n {
@@ -177,7 +178,7 @@ pub unsafe extern "C" fn memcmp(a: *const u8, b: *const u8, n: usize) -> i32 {
 /// # Safety
 ///
 /// `a` and `b` valid for `n` bytes.
-#[cfg(not(test))]
+#[cfg(not(any(test, fuzzing)))]
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn bcmp(a: *const u8, b: *const u8, n: usize) -> i32 {
     // SAFETY: same contract as memcmp.
@@ -187,7 +188,7 @@ pub unsafe extern "C" fn bcmp(a: *const u8, b: *const u8, n: usize) -> i32 {
 /// # Safety
 ///
 /// `s` points to a NUL-terminated string.
-#[cfg(not(test))]
+#[cfg(not(any(test, fuzzing)))]
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn strlen(s: *const u8) -> usize {
     let mut n = 0;

@@ -5,12 +5,13 @@
 //! blocks, and with no job and no request the init sleeps in `epoll_wait`
 //! with no timeout.
 
-use core::fmt::Write;
+use core::mem::MaybeUninit;
 
 use proto::{ErrorKind, Event, Exit, Frame, MAX_FRAME, Request, Stats};
 use rustix::fd::OwnedFd;
 use rustix::io::Errno;
 use rustix::process::{WaitOptions, WaitStatus};
+use rustix::time::Timespec;
 
 use crate::config::{Config, USAGE};
 use crate::error::{Os, describe};
@@ -21,6 +22,9 @@ use crate::port::{self, OUTPUT_ROOM, REQUEST_ROOM, RESERVE, Rx, RxEnd, Tx};
 use crate::rt::Args;
 use crate::sys::{self, SigSet, Signal};
 use crate::{boot, log, refresh};
+
+#[cfg(any(test, fuzzing))]
+pub mod harness;
 
 /// Signals the init holds back and reads from its signalfd instead.
 const HANDLED: SigSet =
@@ -33,6 +37,13 @@ const EVENTS: usize = MAX_JOBS * 3 + 3;
 /// Blocked but never read: a write to a vanished host fails with EPIPE
 /// instead of killing the init; HUP and QUIT mean nothing to it.
 const BLOCKED: SigSet = HANDLED.with(Signal::PIPE).with(Signal::HUP).with(Signal::QUIT);
+
+/// The loop ends: the init shuts down (asked to, the host hung up, or a
+/// termination signal).
+struct Stop;
+
+/// The buffer `epoll_wait` fills.
+type Events = [MaybeUninit<rustix::event::epoll::Event>; EVENTS];
 
 /// Everything the loop owns. The big buffers are static (see `storage`):
 /// this is a few hundred bytes, whatever moves it.
@@ -59,7 +70,7 @@ pub fn run(args: Args) -> ! {
     let config = match Config::parse(args, environ) {
         Ok(config) => config,
         Err(why) => {
-            log!("{}; {}", Text(why), Text(USAGE));
+            log!(why, "; ", USAGE);
             // PID 1 may not exit: power off cleanly instead.
             if pid1 { boot::power_off() } else { sys::exit(2) }
         }
@@ -73,16 +84,16 @@ pub fn run(args: Args) -> ! {
         // Outside a VM or namespace the init is nobody's init: adopt the
         // orphans of its jobs so they are reaped here all the same.
         if let Err(e) = rustix::process::set_child_subreaper(Some(rustix::process::getpid())) {
-            log!("cannot become a child subreaper: {}", Os(e));
+            log!("cannot become a child subreaper: ", Os(e));
         }
     }
     if let Err(e) = sys::set_signal_mask(BLOCKED) {
-        log!("cannot block signals: {}", Os(e));
+        log!("cannot block signals: ", Os(e));
     }
     let mut server = match Server::new(&config, pid1) {
         Ok(server) => server,
         Err((what, e)) => {
-            log!("cannot start: {}: {}", Text(what), Os(e));
+            log!("cannot start: ", what, ": ", Os(e));
             if pid1 { boot::power_off() } else { sys::exit(1) }
         }
     };
@@ -94,8 +105,13 @@ pub fn run(args: Args) -> ! {
 
 impl Server {
     fn new(config: &Config, pid1: bool) -> Result<Self, (&'static str, Errno)> {
-        let signals = sys::signalfd(HANDLED).map_err(|e| ("signalfd", e))?;
         let (rx, tx) = port::open(config.port)?;
+        Self::on_port(config, pid1, rx, tx)
+    }
+
+    /// The server of a port already open.
+    fn on_port(config: &Config, pid1: bool, rx: Rx, tx: Tx) -> Result<Self, (&'static str, Errno)> {
+        let signals = sys::signalfd(HANDLED).map_err(|e| ("signalfd", e))?;
         // Cgroups only in a VM: outside one they would be the host's.
         let cgroups = if config.boot { crate::job::cgroup::Cgroups::setup() } else { None };
         let jobs = Jobs::new(config.jobs, pid1, cgroups).ok_or(("job table", Errno::BUSY))?;
@@ -109,36 +125,44 @@ impl Server {
     }
 
     fn serve(&mut self) -> ! {
-        let mut events = [core::mem::MaybeUninit::uninit(); EVENTS];
+        let mut events = [MaybeUninit::uninit(); EVENTS];
         loop {
-            let ready = match self.poll.wait(&mut events, MAX_JOBS) {
-                Ok(ready) => ready,
-                Err(Errno::INTR) => continue,
-                Err(e) => {
-                    log!("epoll_wait failed: {}", Os(e));
-                    self.shutdown()
-                }
-            };
-            for token in ready {
-                match token {
-                    Token::PortRx => self.read_port(),
-                    Token::PortTx => self.tx.flush(),
-                    Token::Signals => self.read_signals(),
-                    Token::Pipe(slot, stream) => self.jobs.on_pipe(slot, stream, &mut self.tx),
-                    Token::Timer(slot) => self.jobs.on_timer(slot, &mut self.tx),
-                    Token::Zygote => self.jobs.on_zygote(&mut self.tx),
-                    Token::Stdin(slot) => self.jobs.on_stdin(slot, &self.poll, &mut self.tx),
-                }
+            if let Err(Stop) = self.round(&mut events, None) {
+                self.shutdown()
             }
-            self.tx.flush();
-            self.update_watches();
         }
+    }
+
+    /// One round of the loop: waits for something to be ready (at most
+    /// `timeout`), handles all of it, then sends what it can.
+    fn round(&mut self, events: &mut Events, timeout: Option<&Timespec>) -> Result<(), Stop> {
+        let ready = match self.poll.wait(events, MAX_JOBS, timeout) {
+            Ok(ready) => ready,
+            Err(Errno::INTR) => return Ok(()),
+            Err(e) => {
+                log!("epoll_wait failed: ", Os(e));
+                return Err(Stop);
+            }
+        };
+        for token in ready {
+            match token {
+                Token::PortRx => self.read_port()?,
+                Token::PortTx => self.tx.flush(),
+                Token::Signals => self.read_signals()?,
+                Token::Pipe(slot, stream) => self.jobs.on_pipe(slot, stream, &mut self.tx),
+                Token::Timer(slot) => self.jobs.on_timer(slot, &mut self.tx),
+                Token::Zygote => self.jobs.on_zygote(&mut self.tx),
+                Token::Stdin(slot) => self.jobs.on_stdin(slot, &self.poll, &mut self.tx),
+            }
+        }
+        self.tx.flush();
+        self.update_watches()
     }
 
     /// Turns EPOLLOUT on while events wait, and pipe reads off while the
     /// queue is nearly full (back on at two frames of room, not one, so
     /// they do not flap).
-    fn update_watches(&mut self) {
+    fn update_watches(&mut self) -> Result<(), Stop> {
         let want_out = self.tx.pending() > 0;
         if want_out != self.tx.watched {
             self.tx.watched = want_out;
@@ -154,39 +178,38 @@ impl Server {
             self.taking = take;
             let _ = self.poll.set(&self.rx.fd, Token::PortRx, take);
             if take {
-                self.answer_requests();
+                return self.answer_requests();
             }
         }
+        Ok(())
     }
 
     /// Reads what the host sent and answers each whole frame in it.
-    fn read_port(&mut self) {
+    fn read_port(&mut self) -> Result<(), Stop> {
         if !self.taking {
-            return;
+            return Ok(());
         }
         match self.rx.fill() {
-            Ok(()) => {}
-            Err(RxEnd::Empty) => return,
+            Ok(()) => self.answer_requests(),
+            Err(RxEnd::Empty) => Ok(()),
             Err(RxEnd::Closed) => {
                 log!("agent port closed");
-                self.shutdown()
+                Err(Stop)
             }
             Err(RxEnd::Failed(e)) => {
-                log!("agent port read failed: {}", Os(e));
-                self.shutdown()
+                log!("agent port read failed: ", Os(e));
+                Err(Stop)
             }
         }
-        self.answer_requests();
     }
 
     /// Answers the frames read, while their answers have room.
-    fn answer_requests(&mut self) {
-        let mut stop = false;
+    fn answer_requests(&mut self) -> Result<(), Stop> {
         while self.tx.room() >= REQUEST_ROOM
             && let Some(frame) = self.rx.next_frame()
         {
             let request = match frame {
-                Frame::Message(bytes) => match proto::decode::<Request<'_>>(bytes) {
+                Frame::Message(bytes) => match proto::wire::decode_request(bytes) {
                     Ok(request) => request,
                     Err(_) if bytes.first().is_some_and(|&tag| tag >= proto::REQUEST_VARIANTS) => {
                         error(&mut self.tx, None, ErrorKind::UnknownMessage, "unknown message tag");
@@ -243,28 +266,22 @@ impl Server {
                             self.tx.send(&Event::Pong { seq, stats: stats(&self.jobs, self.orphans_reaped) })
                         }
                         Err((what, e)) => {
-                            let mut text = heapless::String::<96>::new();
-                            let _ = write!(text, "refresh: {}: {}", Text(what), Text(describe(e)));
-                            error(&mut self.tx, None, ErrorKind::Refresh, &text);
+                            let text = Text::<96>::of(&[&"refresh: ", &what, &": ", &describe(e)]);
+                            error(&mut self.tx, None, ErrorKind::Refresh, text.as_str());
                         }
                     }
                     continue;
                 }
-                Request::Shutdown => {
-                    stop = true;
-                    break;
-                }
+                Request::Shutdown => return Err(Stop),
             };
             if let Err(Refused { kind, why }) = answer {
                 error(&mut self.tx, Some(job), kind, why.as_str());
             }
         }
-        if stop {
-            self.shutdown();
-        }
+        Ok(())
     }
 
-    fn read_signals(&mut self) {
+    fn read_signals(&mut self) -> Result<(), Stop> {
         // signalfd_siginfo records are 128 bytes; ssi_signo is the first u32.
         let mut records = [0u8; 128 * 4];
         let mut stop = false;
@@ -283,8 +300,9 @@ impl Server {
         self.reap_children();
         if stop {
             log!("termination signal");
-            self.shutdown();
+            return Err(Stop);
         }
+        Ok(())
     }
 
     /// `wait4(-1, WNOHANG)` until nothing is left to reap. Each pid is matched
@@ -301,7 +319,7 @@ impl Server {
                 Ok(None) | Err(Errno::CHILD) => return,
                 Err(Errno::INTR) => {}
                 Err(e) => {
-                    log!("wait4 failed: {}", Os(e));
+                    log!("wait4 failed: ", Os(e));
                     return;
                 }
             }

@@ -12,6 +12,7 @@ extern crate std;
 
 mod frame;
 mod message;
+pub mod wire;
 
 pub use frame::{Frame, FrameReader, decode, encode};
 pub use message::*;

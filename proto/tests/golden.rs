@@ -18,13 +18,27 @@ where
     assert_eq!(&decode(bytes), msg);
 }
 
-/// Decodes into a message that owns its borrowed fields (leaked; tests only).
+/// Decodes into a message that owns its borrowed fields (leaked; tests
+/// only), with postcard and with the init's own decoder, which must agree.
 fn request(bytes: &[u8]) -> Request<'static> {
-    postcard::from_bytes(Box::leak(bytes.to_vec().into_boxed_slice())).unwrap()
+    let bytes = Box::leak(bytes.to_vec().into_boxed_slice());
+    let request: Request<'static> = postcard::from_bytes(bytes).unwrap();
+    assert_eq!(wire::decode_request(bytes), Ok(request.clone()), "the init's decoding");
+    request
 }
 
+/// Decodes with postcard; the init's own encoding of the event must be
+/// the same frame.
 fn event(bytes: &[u8]) -> Event<'static> {
-    postcard::from_bytes(Box::leak(bytes.to_vec().into_boxed_slice())).unwrap()
+    let event: Event<'static> = postcard::from_bytes(Box::leak(bytes.to_vec().into_boxed_slice())).unwrap();
+    let mut ours = [0u8; 256];
+    let len = wire::encode_event(&event, &mut ours).expect("fits");
+    assert_eq!(
+        &ours[..len],
+        postcard::to_slice_cobs(&event, &mut [0u8; 256]).unwrap(),
+        "the init's encoding"
+    );
+    event
 }
 
 #[test]
@@ -161,4 +175,81 @@ fn largest_chunks_fit_a_frame() {
     assert!(encode(&msg, &mut buf).is_ok());
     let msg = Request::Code { job: u32::MAX, data: &data };
     assert!(encode(&msg, &mut buf).is_ok());
+}
+
+/// The init's encoder against postcard's on the cases COBS and the
+/// varints have edges at: runs of 253 to 255 non-zero bytes, at the
+/// message's end and not, zeros anywhere, every variant, the largest
+/// values; and a buffer one byte short of the frame.
+#[test]
+fn the_init_encodes_as_postcard_does() {
+    let mut events = vec![
+        Event::Ready { version: u16::MAX, start_ns: u64::MAX, ready_ns: 0 },
+        Event::Started { job: u32::MAX, pid: 127 },
+        Event::StdinTaken { job: 128, bytes: 16_384 },
+        Event::Error { job: Some(0), kind: ErrorKind::Refresh, message: "" },
+        Event::Error { job: None, kind: ErrorKind::Malformed, message: "refresh: not in a VM" },
+        Event::Pong {
+            seq: 1 << 28,
+            stats: Stats { jobs_active: 16, jobs_started: 1, orphans_reaped: 0, zygote: true },
+        },
+        Event::Exited(Exited {
+            job: 3,
+            exit: Exit::Signal(9),
+            timed_out: true,
+            stdout_truncated: false,
+            stderr_truncated: true,
+            duration_us: 1 << 35,
+            peak_memory: u64::MAX - 1,
+            cpu_us: 0,
+        }),
+    ];
+    let datas: Vec<Vec<u8>> = [0usize, 1, 200, 249, 250, 251, 252, 253, 254, 255, 508, 509, 1000, 32_768]
+        .into_iter()
+        .flat_map(|n| {
+            let ones = vec![1u8; n];
+            let mut zeros = vec![0x7fu8; n];
+            zeros.iter_mut().step_by(97).for_each(|b| *b = 0);
+            [ones, zeros]
+        })
+        .collect();
+    for data in &datas {
+        events.push(Event::Output { job: 1, stream: Stream::Stderr, data });
+    }
+    for event in &events {
+        let mut want = vec![0u8; 40_000];
+        let want = postcard::to_slice_cobs(event, &mut want).unwrap().to_vec();
+        let mut ours = vec![0u8; 40_000];
+        let len = wire::encode_event(event, &mut ours).unwrap();
+        assert_eq!(ours[..len], want[..], "{event:?}");
+        assert_eq!(wire::encode_event(event, &mut ours[..want.len() - 1]), None, "a buffer too short");
+    }
+}
+
+/// The init's decoder refuses what postcard refuses: bad varints, bools and
+/// options, lengths past the end, invalid UTF-8, more than MAX_ENV
+/// variables, unknown tags.
+#[test]
+fn the_init_refuses_as_postcard_does() {
+    let cases: [&[u8]; 12] = [
+        &[],
+        &[7],
+        &[0x80, 0x80, 0x80, 0x80, 0x10],
+        &[3, 0x80, 0x80, 0x80, 0x80, 0x0f],
+        &[3, 0x80, 0x80, 0x80, 0x80, 0x10],
+        &[6, 1, 0, 2],
+        &[1, 1, 5, b'a'],
+        &[0, 1, 0, 1, 1, 1, 0xff, 1, b'x', 0],
+        &[0, 1, 0, 1, 65],
+        &[0, 1, 0, 1, 0, 2],
+        &[5, 1, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x01, 0],
+        &[5, 1, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x02, 0],
+    ];
+    for bytes in cases {
+        let theirs = postcard::from_bytes::<Request<'_>>(bytes).ok();
+        assert_eq!(wire::decode_request(bytes).ok(), theirs, "{bytes:02x?}");
+    }
+    // Both kinds happen above: the comparison is not vacuous.
+    assert!(wire::decode_request(&[3, 0x80, 0x80, 0x80, 0x80, 0x0f]).is_ok());
+    assert!(wire::decode_request(&[3, 0x80, 0x80, 0x80, 0x80, 0x10]).is_err());
 }

@@ -9,7 +9,6 @@
 //! removed once its processes are gone.
 
 use core::ffi::CStr;
-use core::fmt::Write;
 
 use rustix::fd::{AsFd, BorrowedFd, OwnedFd};
 use rustix::fs::{AtFlags, Mode, OFlags};
@@ -17,6 +16,7 @@ use rustix::io::Errno;
 
 use crate::error::Os;
 use crate::log;
+use crate::log::Text;
 
 /// Where cgroup2 is mounted.
 const ROOT: &CStr = c"/sys/fs/cgroup";
@@ -29,7 +29,7 @@ const JOB_PIDS: &[u8] = b"1024";
 /// job ended: removed on a later try.
 const STALE: usize = 32;
 
-type Name = heapless::String<16>;
+type Name = Text<16>;
 
 /// The jobs' cgroups: the root's descriptor and what is left to remove.
 pub struct Cgroups {
@@ -68,7 +68,7 @@ impl Cgroups {
         }) {
             Ok(root) => root,
             Err(e) => {
-                log!("no cgroups for jobs: {}", Os(e));
+                log!("no cgroups for jobs: ", Os(e));
                 return None;
             }
         };
@@ -84,15 +84,13 @@ impl Cgroups {
     /// and [`JOB_PIDS`] processes.
     pub fn make(&mut self, seq: u32, memory: u64) -> rustix::io::Result<Cgroup> {
         self.sweep();
-        let mut name = Name::new();
-        let _ = write!(name, "j{seq}\0");
-        let path = CStr::from_bytes_until_nul(name.as_bytes()).map_err(|_| Errno::INVAL)?;
+        let name = Name::of(&[&"j", &seq, &"\0"]);
+        let path = name.as_c_str().ok_or(Errno::INVAL)?;
         rustix::fs::mkdirat(&self.root, path, Mode::from_raw_mode(0o755))?;
         let flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC;
         let limited = rustix::fs::openat(&self.root, path, flags, Mode::empty()).and_then(|dir| {
             let memory = if memory == 0 { self.default_memory } else { memory };
-            let mut text = heapless::String::<24>::new();
-            let _ = write!(text, "{memory}");
+            let text = Text::<24>::of(&[&memory]);
             write_at(dir.as_fd(), c"memory.max", text.as_bytes())?;
             write_at(dir.as_fd(), c"memory.oom.group", b"1")?;
             write_at(dir.as_fd(), c"pids.max", JOB_PIDS)?;

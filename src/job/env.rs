@@ -52,7 +52,7 @@ impl EnvBlock {
         self.len = 0;
         self.starts.clear();
         self.cwd = None;
-        let full = || refuse(format_args!("env: more than 16384 bytes"));
+        let full = || refuse(&[&"env: more than 16384 bytes"]);
         for var in &run.env {
             if self.find(var.name.as_bytes()).is_none() {
                 self.push(&[var.name.as_bytes(), b"=", var.value.as_bytes()]).ok_or_else(full)?;

@@ -18,8 +18,6 @@ mod spawn;
 mod stdin;
 pub mod zygote;
 
-use core::ffi::CStr;
-use core::fmt::Write;
 use core::mem;
 
 use proto::{ErrorKind, Event, Exit, Exited, Lang, MAX_CHUNK, Run, Stream};
@@ -77,7 +75,7 @@ impl Why {
     pub fn as_str(&self) -> &str {
         match self {
             Why::Text(text) => text,
-            Why::Field(text) => text,
+            Why::Field(text) => text.as_str(),
         }
     }
 }
@@ -382,10 +380,6 @@ impl Jobs {
         let JobState::Loading(mut job) = mem::replace(&mut self.states[i], JobState::Free) else {
             return Err(Refused::new(ErrorKind::UnknownJob, "no job with this id"));
         };
-        let failed = |what: &str, e: Errno| {
-            let text = refuse(format_args!("cannot start the job: {}: {}", Text(what), Text(describe(e))));
-            Refused { kind: ErrorKind::Spawn, why: Why::Field(text) }
-        };
         let timer = rustix::time::timerfd_create(
             TimerfdClockId::Monotonic,
             TimerfdFlags::NONBLOCK | TimerfdFlags::CLOEXEC,
@@ -476,7 +470,7 @@ impl Jobs {
                 let _ = poll.add(&zygote.replies, Token::Zygote, true);
                 self.zygote = Some(zygote);
             }
-            Err(e) => log!("cannot start the Python zygote: {}", Os(e)),
+            Err(e) => log!("cannot start the Python zygote: ", Os(e)),
         }
     }
 
@@ -712,6 +706,15 @@ impl Jobs {
         }
     }
 
+    /// Every job killed and its slot freed, as if none had been opened.
+    #[cfg(any(test, fuzzing))]
+    pub fn forget_all(&mut self) {
+        self.kill_all();
+        self.states = [const { JobState::Free }; MAX_JOBS];
+        self.paused = false;
+        self.early = [None; EARLY];
+    }
+
     /// Carries out what a job's machine decided.
     fn apply(&mut self, i: usize, step: Step, tx: &mut Tx) {
         let paused = self.paused;
@@ -785,6 +788,14 @@ impl Jobs {
     }
 }
 
+/// A job that could not be started: `what` failed with `e`.
+// One copy, not one per step that can fail.
+#[inline(never)]
+fn failed(what: &str, e: Errno) -> Refused {
+    let text = refuse(&[&"cannot start the job: ", &what, &": ", &describe(e)]);
+    Refused { kind: ErrorKind::Spawn, why: Why::Field(text) }
+}
+
 /// Arms a one-shot timer `ms` from now.
 fn arm(timer: &OwnedFd, ms: u32) {
     let value = Itimerspec {
@@ -792,7 +803,7 @@ fn arm(timer: &OwnedFd, ms: u32) {
         it_value: Timespec { tv_sec: i64::from(ms / 1000), tv_nsec: i64::from(ms % 1000) * 1_000_000 },
     };
     if let Err(e) = rustix::time::timerfd_settime(timer, TimerfdTimerFlags::empty(), &value) {
-        log!("timerfd_settime failed: {}", Os(e));
+        log!("timerfd_settime failed: ", Os(e));
     }
 }
 
@@ -819,9 +830,8 @@ fn starts_with_shebang(code: BorrowedFd<'_>) -> bool {
 /// A read-only descriptor of the same memfd, through /proc; the writable
 /// one is dropped by the caller.
 fn read_only(code: BorrowedFd<'_>) -> rustix::io::Result<OwnedFd> {
-    let mut path = heapless::String::<63>::new();
-    let _ = write!(path, "/proc/self/fd/{}\0", code.as_raw_fd().unsigned_abs());
-    let path = CStr::from_bytes_until_nul(path.as_bytes()).map_err(|_| Errno::INVAL)?;
+    let path = Text::<32>::of(&[&"/proc/self/fd/", &code.as_raw_fd().unsigned_abs(), &"\0"]);
+    let path = path.as_c_str().ok_or(Errno::INVAL)?;
     rustix::fs::open(path, OFlags::RDONLY | OFlags::CLOEXEC, Mode::empty())
 }
 

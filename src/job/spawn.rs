@@ -25,7 +25,7 @@ use rustix::process::{Pid, Resource, Rlimit};
 use super::env::{DEFAULT_ENV, EnvBlock};
 use crate::config::JobConfig;
 use crate::error::describe;
-use crate::log::{Path, Text};
+use crate::log::Path;
 use crate::sys::{self, CStrArray, Fork, SigSet};
 
 /// Processes the job user may have at once (RLIMIT_NPROC): room for real
@@ -135,7 +135,7 @@ pub fn zygote(
     child.close_from(5);
     let _ = sys::set_signal_mask(SigSet::EMPTY);
     let err = child.execve(config.python, &argv, &envp);
-    crate::log!("cannot start the Python zygote: {}", Text(describe(err)));
+    crate::log!("cannot start the Python zygote: ", describe(err));
     sys::exit(127)
 }
 
@@ -214,7 +214,7 @@ impl Setup<'_> {
         }
         check(rustix::thread::set_no_new_privs(true), "cannot set no_new_privs");
         if let Err(e) = rustix::process::chdir(self.cwd) {
-            crate::log!("cannot change to directory {}: {}", Path(self.cwd), Text(describe(e)));
+            crate::log!("cannot change to directory ", Path(self.cwd), ": ", describe(e));
             sys::exit(126);
         }
         check(sys::set_signal_mask(SigSet::EMPTY), "cannot unblock signals");
@@ -227,9 +227,9 @@ impl Setup<'_> {
             let n = rustix::io::pread(code, &mut head, 0).unwrap_or(0);
             let line = head[..n].split(|&b| b == b'\n').next().unwrap_or_default().trim_ascii_end();
             let line = core::str::from_utf8(line).unwrap_or("#!");
-            crate::log!("{}: bad interpreter: {}", Text(line), Text(describe(err)));
+            crate::log!(line, ": bad interpreter: ", describe(err));
         } else {
-            crate::log!("cannot execute {}: {}", Path(self.interpreter), Text(describe(err)));
+            crate::log!("cannot execute ", Path(self.interpreter), ": ", describe(err));
         }
         // The shell's convention: 127 for a program that is not there, 126
         // for one that is there but cannot run.
@@ -240,7 +240,7 @@ impl Setup<'_> {
 /// In the child: a failed setup step ends it with 126 and a message.
 fn check<T>(result: rustix::io::Result<T>, what: &str) {
     if let Err(e) = result {
-        crate::log!("{}: {}", Text(what), Text(describe(e)));
+        crate::log!(what, ": ", describe(e));
         sys::exit(126);
     }
 }
