@@ -15,6 +15,7 @@ use rustix::mount::MountFlags;
 use crate::config::Config;
 use crate::error::Os;
 use crate::log::{Path, Text};
+use crate::pieces;
 use crate::{log, sys};
 
 /// Device nodes that give a job the host's physical memory or I/O ports.
@@ -37,7 +38,7 @@ pub fn boot(config: &Config) {
     mount(c"tmpfs", c"/run", c"tmpfs", hardened | MountFlags::NOEXEC, Some(c"mode=0755"));
 
     let uid = config.jobs.uid;
-    let home = Text::<64>::of(&[&"mode=0700,uid=", &uid, &",gid=", &uid, &"\0"]);
+    let home = Text::<64>::of(pieces!["mode=0700,uid=", uid, ",gid=", uid, "\0"]);
     let home_opts = home.as_c_str().unwrap_or(c"mode=0700");
     mount(c"tmpfs", config.jobs.home, c"tmpfs", hardened, Some(home_opts));
 

@@ -3,8 +3,6 @@
 
 use rustix::io::Errno;
 
-use crate::log::{Cursor, Piece};
-
 /// The text of errnos 1 to 40, one per line in errno order, as `strerror`
 /// gives them; an empty line is an errno the init never meets. One string
 /// and a scan cost less binary than a `match` with a string per arm.
@@ -67,19 +65,9 @@ pub fn describe(e: Errno) -> &'static str {
     "system error"
 }
 
-/// Shows an errno as `errno N (description)`, without the Debug machinery
-/// (which would bring Unicode tables into the binary).
+/// Shows an errno as `errno N (description)` in a log line (a
+/// piece of text).
 pub struct Os(pub Errno);
-
-impl Piece for Os {
-    fn put(&self, out: &mut Cursor<'_>) {
-        out.bytes(b"errno ");
-        self.0.raw_os_error().unsigned_abs().put(out);
-        out.bytes(b" (");
-        out.bytes(describe(self.0).as_bytes());
-        out.bytes(b")");
-    }
-}
 
 #[cfg(test)]
 mod tests {

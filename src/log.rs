@@ -10,39 +10,74 @@
 
 use core::ffi::CStr;
 
+use rustix::io::Errno;
+
+use crate::error::{Os, describe};
+
 /// Longest log line; longer ones are cut. Log lines are short diagnostics.
 pub const LOG_LINE: usize = 192;
 
-/// Something that can be written into a [`Text`].
-pub trait Piece {
-    fn put(&self, out: &mut Cursor<'_>);
+/// One piece of a [`Text`]. An enum, not a trait object: a call site's
+/// pieces are then one array of values, often a constant one.
+#[derive(Clone, Copy)]
+pub enum Piece<'a> {
+    Str(&'a str),
+    Num(u64),
+    /// A path (or any C string), shown quoted.
+    Path(&'a CStr),
+    /// An errno, shown as `errno N (description)`.
+    Os(Errno),
+}
+
+impl<'a> From<&'a str> for Piece<'a> {
+    fn from(text: &'a str) -> Self {
+        Piece::Str(text)
+    }
+}
+
+impl From<u64> for Piece<'_> {
+    fn from(n: u64) -> Self {
+        Piece::Num(n)
+    }
+}
+
+impl From<u32> for Piece<'_> {
+    fn from(n: u32) -> Self {
+        Piece::Num(u64::from(n))
+    }
+}
+
+impl From<Os> for Piece<'_> {
+    fn from(os: Os) -> Self {
+        Piece::Os(os.0)
+    }
+}
+
+/// Shows a path (or any C string) as text, quoted.
+pub struct Path<'a>(pub &'a CStr);
+
+impl<'a> From<Path<'a>> for Piece<'a> {
+    fn from(path: Path<'a>) -> Self {
+        Piece::Path(path.0)
+    }
 }
 
 /// Where pieces are written: the free end of a [`Text`]'s buffer.
-pub struct Cursor<'a> {
+struct Cursor<'a> {
     buf: &'a mut [u8],
     len: usize,
 }
 
 impl Cursor<'_> {
     /// Appends what fits of `bytes`.
-    pub fn bytes(&mut self, bytes: &[u8]) {
+    fn bytes(&mut self, bytes: &[u8]) {
         let n = bytes.len().min(self.buf.len() - self.len);
         self.buf[self.len..self.len + n].copy_from_slice(&bytes[..n]);
         self.len += n;
     }
-}
 
-impl Piece for &str {
-    fn put(&self, out: &mut Cursor<'_>) {
-        out.bytes(self.as_bytes());
-    }
-}
-
-impl Piece for u64 {
-    fn put(&self, out: &mut Cursor<'_>) {
+    fn number(&mut self, mut n: u64) {
         let mut digits = [0u8; 20];
-        let mut n = *self;
         let mut start = digits.len();
         loop {
             start -= 1;
@@ -53,24 +88,26 @@ impl Piece for u64 {
                 break;
             }
         }
-        out.bytes(&digits[start..]);
+        self.bytes(&digits[start..]);
     }
-}
 
-impl Piece for u32 {
-    fn put(&self, out: &mut Cursor<'_>) {
-        u64::from(*self).put(out);
-    }
-}
-
-/// Shows a path (or any C string) as text, quoted.
-pub struct Path<'a>(pub &'a CStr);
-
-impl Piece for Path<'_> {
-    fn put(&self, out: &mut Cursor<'_>) {
-        out.bytes(b"\"");
-        out.bytes(self.0.to_bytes());
-        out.bytes(b"\"");
+    fn piece(&mut self, piece: Piece<'_>) {
+        match piece {
+            Piece::Str(text) => self.bytes(text.as_bytes()),
+            Piece::Num(n) => self.number(n),
+            Piece::Path(path) => {
+                self.bytes(b"\"");
+                self.bytes(path.to_bytes());
+                self.bytes(b"\"");
+            }
+            Piece::Os(e) => {
+                self.bytes(b"errno ");
+                self.number(u64::from(e.raw_os_error().unsigned_abs()));
+                self.bytes(b" (");
+                self.bytes(describe(e).as_bytes());
+                self.bytes(b")");
+            }
+        }
     }
 }
 
@@ -93,14 +130,14 @@ impl<const N: usize> Text<N> {
     }
 
     /// The text of `pieces`, one after the other.
-    pub fn of(pieces: &[&dyn Piece]) -> Self {
+    pub fn of(pieces: &[Piece<'_>]) -> Self {
         let mut text = Self::new();
         text.push(pieces);
         text
     }
 
     /// Appends `pieces`.
-    pub fn push(&mut self, pieces: &[&dyn Piece]) -> &mut Self {
+    pub fn push(&mut self, pieces: &[Piece<'_>]) -> &mut Self {
         self.len = put_all(&mut self.bytes, self.len, pieces);
         self
     }
@@ -147,21 +184,21 @@ impl<const N: usize> core::fmt::Display for Text<N> {
 
 /// Writes `pieces` into `buf` from `len` on; the new length. One copy for
 /// every size of [`Text`].
-fn put_all(buf: &mut [u8], len: usize, pieces: &[&dyn Piece]) -> usize {
+fn put_all(buf: &mut [u8], len: usize, pieces: &[Piece<'_>]) -> usize {
     let mut out = Cursor { buf, len };
-    for piece in pieces {
-        piece.put(&mut out);
+    for &piece in pieces {
+        out.piece(piece);
     }
     out.len
 }
 
 /// Writes `pid1: <pieces>\n` to descriptor 2.
-pub fn line(pieces: &[&dyn Piece]) {
-    let mut text = Text::<LOG_LINE>::of(&[&"pid1: "]);
+pub fn line(pieces: &[Piece<'_>]) {
+    let mut text = Text::<LOG_LINE>::of(&[Piece::Str("pid1: ")]);
     text.push(pieces);
     // A line that does not fit is cut; the newline is always kept.
     text.len = text.len.min(LOG_LINE - 1);
-    text.push(&[&"\n"]);
+    text.push(&[Piece::Str("\n")]);
     let _ = rustix::io::write(crate::sys::stdio(2), text.as_bytes());
 }
 
@@ -169,7 +206,13 @@ pub fn line(pieces: &[&dyn Piece]) {
 /// console, its pieces one after the other.
 #[macro_export]
 macro_rules! log {
-    ($($piece:expr),+ $(,)?) => { $crate::log::line(&[$(&$piece as &dyn $crate::log::Piece),+]) };
+    ($($piece:expr),+ $(,)?) => { $crate::log::line($crate::pieces![$($piece),+]) };
+}
+
+/// `pieces!["j", seq, "\0"]`: the [`Piece`]s of a [`Text`].
+#[macro_export]
+macro_rules! pieces {
+    ($($piece:expr),+ $(,)?) => { &[$($crate::log::Piece::from($piece)),+] };
 }
 
 #[cfg(test)]
@@ -178,14 +221,15 @@ mod tests {
 
     #[test]
     fn pieces_numbers_and_cuts() {
-        let text = Text::<64>::of(&[&"n=", &0u32, &" ", &u64::MAX, &" ", &Path(c"/a b")]);
-        assert_eq!(text.as_str(), "n=0 18446744073709551615 \"/a b\"");
-        let cut = Text::<4>::of(&[&"abcdef"]);
+        let text =
+            Text::<80>::of(pieces!["n=", 0u32, " ", u64::MAX, " ", Path(c"/a b"), " ", Os(Errno::NOENT)]);
+        assert_eq!(text.as_str(), "n=0 18446744073709551615 \"/a b\" errno 2 (no such file or directory)");
+        let cut = Text::<4>::of(pieces!["abcdef"]);
         assert_eq!(cut.as_str(), "abcd");
         // A character cut in two is left out.
-        assert_eq!(Text::<3>::of(&[&"aé€"]).as_str(), "aé");
-        assert_eq!(Text::<2>::of(&[&"a€"]).as_str(), "a");
-        assert_eq!(Text::<8>::of(&[&"j", &7u32, &"\0"]).as_c_str(), Some(c"j7"));
-        assert_eq!(Text::<2>::of(&[&"j", &7u32, &"\0"]).as_c_str(), None);
+        assert_eq!(Text::<3>::of(pieces!["aé€"]).as_str(), "aé");
+        assert_eq!(Text::<2>::of(pieces!["a€"]).as_str(), "a");
+        assert_eq!(Text::<8>::of(pieces!["j", 7u32, "\0"]).as_c_str(), Some(c"j7"));
+        assert_eq!(Text::<2>::of(pieces!["j", 7u32, "\0"]).as_c_str(), None);
     }
 }

@@ -17,6 +17,7 @@ use crate::config::{Config, USAGE};
 use crate::error::{Os, describe};
 use crate::job::{Jobs, MAX_JOBS, Refused};
 use crate::log::Text;
+use crate::pieces;
 use crate::poll::{Poll, Token};
 use crate::port::{self, OUTPUT_ROOM, REQUEST_ROOM, RESERVE, Rx, RxEnd, Tx};
 use crate::rt::Args;
@@ -266,7 +267,7 @@ impl Server {
                             self.tx.send(&Event::Pong { seq, stats: stats(&self.jobs, self.orphans_reaped) })
                         }
                         Err((what, e)) => {
-                            let text = Text::<96>::of(&[&"refresh: ", &what, &": ", &describe(e)]);
+                            let text = Text::<96>::of(pieces!["refresh: ", what, ": ", describe(e)]);
                             error(&mut self.tx, None, ErrorKind::Refresh, text.as_str());
                         }
                     }

@@ -312,6 +312,9 @@ fn main() -> ExitCode {
     }
 }
 
+/// Lines of the guest console shown when the guest stops answering.
+const CONSOLE_LINES: usize = 20;
+
 fn run(args: RunArgs) -> Result<ExitCode, Failure> {
     let (code, lang) = read_code(&args)?;
     let input = open_stdin(&args)?;
@@ -375,6 +378,16 @@ fn run(args: RunArgs) -> Result<ExitCode, Failure> {
         Err(_) => Ok(()),
     };
     let (accel, start) = (vm.accel(), vm.start());
+    if let Err(AgentError::Timeout(_)) = &outcome {
+        // A guest that went silent: its console says what it last did
+        // (a panicking init logs there before it powers off).
+        let console = vm.console();
+        let tail: Vec<&str> = console.lines().rev().take(CONSOLE_LINES).collect();
+        eprintln!("vmexec: the guest console's last lines:");
+        for line in tail.iter().rev() {
+            eprintln!("  {line}");
+        }
+    }
     vm.shutdown();
     let outcome = outcome?;
     downloaded?;

@@ -17,6 +17,7 @@ use rustix::io::Errno;
 use crate::error::Os;
 use crate::log;
 use crate::log::Text;
+use crate::pieces;
 
 /// Where cgroup2 is mounted.
 const ROOT: &CStr = c"/sys/fs/cgroup";
@@ -84,13 +85,13 @@ impl Cgroups {
     /// and [`JOB_PIDS`] processes.
     pub fn make(&mut self, seq: u32, memory: u64) -> rustix::io::Result<Cgroup> {
         self.sweep();
-        let name = Name::of(&[&"j", &seq, &"\0"]);
+        let name = Name::of(pieces!["j", seq, "\0"]);
         let path = name.as_c_str().ok_or(Errno::INVAL)?;
         rustix::fs::mkdirat(&self.root, path, Mode::from_raw_mode(0o755))?;
         let flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC;
         let limited = rustix::fs::openat(&self.root, path, flags, Mode::empty()).and_then(|dir| {
             let memory = if memory == 0 { self.default_memory } else { memory };
-            let text = Text::<24>::of(&[&memory]);
+            let text = Text::<24>::of(pieces![memory]);
             write_at(dir.as_fd(), c"memory.max", text.as_bytes())?;
             write_at(dir.as_fd(), c"memory.oom.group", b"1")?;
             write_at(dir.as_fd(), c"pids.max", JOB_PIDS)?;

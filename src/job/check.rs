@@ -9,47 +9,48 @@
 use proto::{Lang, MAX_CODE, Run};
 
 use crate::log::{Piece, Text};
+use crate::pieces;
 
 /// A refusal naming the field at fault, e.g. `env[2].name: contains '='`.
 pub type Refusal = Text<128>;
 
-pub fn refuse(pieces: &[&dyn Piece]) -> Refusal {
+pub fn refuse(pieces: &[Piece<'_>]) -> Refusal {
     Refusal::of(pieces)
 }
 
 /// Checks a job's header; nothing is created when it fails.
 pub fn check_run(run: &Run<'_>) -> Result<(), Refusal> {
     if let Lang::Unknown(n) = run.lang {
-        return Err(refuse(&[&"lang: unknown language ", &n, &" (0 = python, 1 = shell)"]));
+        return Err(refuse(pieces!["lang: unknown language ", n, " (0 = python, 1 = shell)"]));
     }
     if run.code_len == 0 {
-        return Err(refuse(&[&"code: empty"]));
+        return Err(refuse(pieces!["code: empty"]));
     }
     if run.code_len > MAX_CODE {
-        return Err(refuse(&[&"code: ", &run.code_len, &" bytes, more than ", &MAX_CODE]));
+        return Err(refuse(pieces!["code: ", run.code_len, " bytes, more than ", MAX_CODE]));
     }
     // Numbered as u32: one integer formatter in the binary, not two.
     for (i, var) in (0u32..).zip(&run.env) {
         let name = var.name.as_bytes();
         if name.is_empty() {
-            return Err(refuse(&[&"env[", &i, &"].name: empty"]));
+            return Err(refuse(pieces!["env[", i, "].name: empty"]));
         }
         if has(name, b'=') {
-            return Err(refuse(&[&"env[", &i, &"].name: contains '='"]));
+            return Err(refuse(pieces!["env[", i, "].name: contains '='"]));
         }
         if has(name, 0) {
-            return Err(refuse(&[&"env[", &i, &"].name: contains a NUL byte"]));
+            return Err(refuse(pieces!["env[", i, "].name: contains a NUL byte"]));
         }
         if has(var.value.as_bytes(), 0) {
-            return Err(refuse(&[&"env[", &i, &"].value: contains a NUL byte"]));
+            return Err(refuse(pieces!["env[", i, "].value: contains a NUL byte"]));
         }
     }
     if let Some(cwd) = run.cwd {
         if cwd.is_empty() {
-            return Err(refuse(&[&"cwd: empty"]));
+            return Err(refuse(pieces!["cwd: empty"]));
         }
         if has(cwd.as_bytes(), 0) {
-            return Err(refuse(&[&"cwd: contains a NUL byte"]));
+            return Err(refuse(pieces!["cwd: contains a NUL byte"]));
         }
     }
     Ok(())
@@ -87,10 +88,10 @@ impl CodeCheck {
 
     pub fn verdict(&self) -> Result<(), Refusal> {
         if let Some(at) = self.nul_at {
-            return Err(refuse(&[&"code: contains a NUL byte at offset ", &at]));
+            return Err(refuse(pieces!["code: contains a NUL byte at offset ", at]));
         }
         if !self.has_text {
-            return Err(refuse(&[&"code: only whitespace"]));
+            return Err(refuse(pieces!["code: only whitespace"]));
         }
         Ok(())
     }

@@ -10,6 +10,7 @@ use core::ffi::CStr;
 use proto::Run;
 
 use super::check::{Refusal, refuse};
+use crate::pieces;
 
 /// Bytes of `NAME=value\0` strings (defaults included) plus the working
 /// directory a job may carry. 16 KiB is far beyond a normal environment and
@@ -52,7 +53,7 @@ impl EnvBlock {
         self.len = 0;
         self.starts.clear();
         self.cwd = None;
-        let full = || refuse(&[&"env: more than 16384 bytes"]);
+        let full = || refuse(pieces!["env: more than 16384 bytes"]);
         for var in &run.env {
             if self.find(var.name.as_bytes()).is_none() {
                 self.push(&[var.name.as_bytes(), b"=", var.value.as_bytes()]).ok_or_else(full)?;

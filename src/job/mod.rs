@@ -38,6 +38,7 @@ use crate::config::JobConfig;
 use crate::error::{Os, describe};
 use crate::log;
 use crate::log::Text;
+use crate::pieces;
 use crate::poll::{Poll, Token};
 use crate::port::Tx;
 use crate::storage::TakeOnce;
@@ -792,7 +793,7 @@ impl Jobs {
 // One copy, not one per step that can fail.
 #[inline(never)]
 fn failed(what: &str, e: Errno) -> Refused {
-    let text = refuse(&[&"cannot start the job: ", &what, &": ", &describe(e)]);
+    let text = refuse(pieces!["cannot start the job: ", what, ": ", describe(e)]);
     Refused { kind: ErrorKind::Spawn, why: Why::Field(text) }
 }
 
@@ -830,7 +831,7 @@ fn starts_with_shebang(code: BorrowedFd<'_>) -> bool {
 /// A read-only descriptor of the same memfd, through /proc; the writable
 /// one is dropped by the caller.
 fn read_only(code: BorrowedFd<'_>) -> rustix::io::Result<OwnedFd> {
-    let path = Text::<32>::of(&[&"/proc/self/fd/", &code.as_raw_fd().unsigned_abs(), &"\0"]);
+    let path = Text::<32>::of(pieces!["/proc/self/fd/", code.as_raw_fd().unsigned_abs(), "\0"]);
     let path = path.as_c_str().ok_or(Errno::INVAL)?;
     rustix::fs::open(path, OFlags::RDONLY | OFlags::CLOEXEC, Mode::empty())
 }
