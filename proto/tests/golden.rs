@@ -213,7 +213,24 @@ fn the_init_encodes_as_postcard_does() {
             [ones, zeros]
         })
         .collect();
-    for data in &datas {
+    // Pseudo-random bytes of every length up to 1100, zeros from none to
+    // one in two, and a run of exactly 254 non-zero bytes before a zero.
+    let mut seed = 0x2545_f491_4f6c_dd1du64;
+    let mut randoms: Vec<Vec<u8>> = (0..1100usize)
+        .map(|len| {
+            (0..len)
+                .map(|_| {
+                    seed ^= seed << 13;
+                    seed ^= seed >> 7;
+                    seed ^= seed << 17;
+                    let byte = seed.to_le_bytes()[3];
+                    if (seed >> 40).is_multiple_of(len as u64 % 7 + 2) { 0 } else { byte | 1 }
+                })
+                .collect()
+        })
+        .collect();
+    randoms.push([vec![1u8; 254], vec![0], vec![1u8; 10]].concat());
+    for data in datas.iter().chain(&randoms) {
         events.push(Event::Output { job: 1, stream: Stream::Stderr, data });
     }
     for event in &events {
