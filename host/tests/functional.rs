@@ -370,7 +370,9 @@ fn a_host_that_stops_reading_stalls_only_itself(py: Python) {
 
     let out = init.agent.wait_job(sleeper, &mut |_, _| {}).unwrap();
     assert!(out.timed_out);
-    assert!(out.duration < Duration::from_secs(5), "the timeout fired after {:?}", out.duration);
+    // Its end is when its leader died, not a drain grace (500 ms) later
+    // while its pipes wait for the host.
+    assert!(out.duration < Duration::from_millis(2400), "the timeout fired after {:?}", out.duration);
     let out = init.agent.wait_job(reaped, &mut |_, _| {}).unwrap();
     assert_eq!(text(&out.stdout), "SPAWNED:10\nzombies 0\n", "{:?} {}", out.exit, text(&out.stderr));
     for burst in bursts {
@@ -378,7 +380,14 @@ fn a_host_that_stops_reading_stalls_only_itself(py: Python) {
         assert!(out.stdout == vec![b'x'; 60_000] && !out.stdout_truncated, "{} bytes", out.stdout.len());
     }
     let out = init.agent.wait_job(flood, &mut |_, _| {}).unwrap();
-    assert!(!out.stdout_truncated && out.exit == Exit::Code(0));
+    assert!(
+        !out.stdout_truncated && out.exit == Exit::Code(0),
+        "{:?}, truncated {}, timed out {}: {}",
+        out.exit,
+        out.stdout_truncated,
+        out.timed_out,
+        text(&out.stderr)
+    );
     let want: String = (0..lines).map(|i| format!("{i}\n")).collect();
     assert!(
         out.stdout == want.as_bytes(),

@@ -147,6 +147,8 @@ pub struct Running {
     machine: Machine,
     sinks: Streams<Sink>,
     started_ns: u64,
+    /// When the leader was reaped.
+    leader_ns: Option<u64>,
     /// When the job was over, if its end waits for the host to read its
     /// output (the duration reported is the job's, not the host's).
     ended_ns: Option<u64>,
@@ -449,6 +451,7 @@ impl Jobs {
             machine: Machine::new(),
             sinks: Streams([Sink::new(job.limits[Stream::Stdout]), Sink::new(job.limits[Stream::Stderr])]),
             started_ns,
+            leader_ns: None,
             ended_ns: None,
         });
         self.started += 1;
@@ -668,6 +671,7 @@ impl Jobs {
             return false;
         };
         if let Some(job) = self.running(i) {
+            job.leader_ns = Some(sys::boottime_ns());
             let step = job.machine.leader_exited(exit);
             self.apply(i, step, tx);
         }
@@ -730,8 +734,12 @@ impl Jobs {
             if paused && job.pipes.0.iter().any(Option::is_some) {
                 // Its pipes are not being read because the host is not
                 // reading: what is in them would be lost. The job ends once
-                // they are read (or the next grace passes with room).
-                job.ended_ns.get_or_insert_with(sys::boottime_ns);
+                // they are read (or the next grace passes with room). It
+                // was over when its leader was (whether its pipes closed
+                // then cannot be seen while they are not read), not a
+                // drain grace later.
+                let over = job.leader_ns.unwrap_or_else(sys::boottime_ns);
+                job.ended_ns.get_or_insert(over);
                 arm(&job.timer, machine::DRAIN_GRACE_MS);
                 return;
             }
