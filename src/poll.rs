@@ -6,6 +6,7 @@ use core::mem::MaybeUninit;
 use proto::Stream;
 use rustix::event::epoll;
 use rustix::fd::{AsFd, OwnedFd};
+use rustix::io::Errno;
 
 /// What a ready descriptor is, carried in its epoll data.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -78,16 +79,26 @@ impl Poll {
 
     /// Adds `fd` as `token`, watched when `on`. Closing `fd` takes it out.
     pub fn add(&self, fd: impl AsFd, token: Token, on: bool) -> rustix::io::Result<()> {
-        epoll::add(&self.0, fd, epoll::EventData::new_u64(token.encode()), Self::flags(token, on))
+        self.set(fd, token, on)
     }
 
-    /// Turns interest in `fd` on or off.
+    /// Turns interest in `fd` on or off. Off takes it out of the set: epoll
+    /// reports a hang-up or an error whatever the interest (a pipe whose
+    /// writers are gone, a stdin pipe whose reader is), so a descriptor
+    /// kept in with no interest would wake every round, and the loop would
+    /// spin while the host is not reading.
     pub fn set(&self, fd: impl AsFd, token: Token, on: bool) -> rustix::io::Result<()> {
-        epoll::modify(&self.0, fd, epoll::EventData::new_u64(token.encode()), Self::flags(token, on))
-    }
-
-    fn flags(token: Token, on: bool) -> epoll::EventFlags {
-        if on { token.interest() } else { epoll::EventFlags::empty() }
+        let data = epoll::EventData::new_u64(token.encode());
+        if !on {
+            return match epoll::delete(&self.0, fd) {
+                Err(Errno::NOENT) => Ok(()),
+                done => done,
+            };
+        }
+        match epoll::add(&self.0, &fd, data, token.interest()) {
+            Err(Errno::EXIST) => epoll::modify(&self.0, fd, data, token.interest()),
+            done => done,
+        }
     }
 
     /// `epoll_wait`, for at most `timeout` (`None`: until something is

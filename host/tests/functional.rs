@@ -366,7 +366,13 @@ fn a_host_that_stops_reading_stalls_only_itself(py: Python) {
     let pings: Vec<u8> =
         (0..PINGS).flat_map(|seq| postcard::to_stdvec_cobs(&proto::Request::Ping { seq }).unwrap()).collect();
     init.agent.send_raw(&pings).unwrap();
+    let cpu = init.cpu_time();
     std::thread::sleep(Duration::from_secs(10));
+    // Waiting, not spinning: ended jobs' pipes, which epoll reports as hung
+    // up whatever the interest, are out of the epoll set while the host is
+    // not reading (they kept the loop busy for the whole stall once).
+    let spent = init.cpu_time() - cpu;
+    assert!(spent < Duration::from_secs(2), "the init used {spent:?} of CPU in a 10 s stall");
 
     let out = init.agent.wait_job(sleeper, &mut |_, _| {}).unwrap();
     assert!(out.timed_out);

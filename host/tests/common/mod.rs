@@ -39,6 +39,20 @@ pub struct Init {
     pub home: tempfile::TempDir,
 }
 
+impl Init {
+    /// CPU time the init process has used (user + system), from
+    /// `/proc/PID/stat` in clock ticks of 10 ms (Mode::Subreaper: the child
+    /// is the init).
+    pub fn cpu_time(&self) -> Duration {
+        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.child.id())).expect("stat");
+        // Fields after the command, which is in parentheses: utime is the
+        // 14th field, stime the 15th.
+        let fields: Vec<&str> = stat.rsplit_once(')').expect("stat").1.split_whitespace().collect();
+        let ticks: u64 = fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap();
+        Duration::from_millis(ticks * 10)
+    }
+}
+
 /// How the init runs Python jobs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Python {
