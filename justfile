@@ -99,8 +99,6 @@ fuzz runs="5000000":
         exit 1
     fi
     command -v cargo-fuzz >/dev/null || cargo install --locked cargo-fuzz
-    # The handling target starts from seeds that reach every request.
-    cargo test -q --profile init -p pid1 --lib -- --ignored write_seeds
     for target in frames requests serve; do
         cargo +nightly fuzz run --fuzz-dir fuzz "$target" -- -runs="{{runs}}" -max_len=4096
         cargo +nightly fuzz cmin --fuzz-dir fuzz "$target"

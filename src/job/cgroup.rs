@@ -136,7 +136,7 @@ impl Cgroups {
     }
 
     fn remove(&self, name: &Name) -> bool {
-        let Ok(path) = CStr::from_bytes_until_nul(name.as_bytes()) else { return true };
+        let Some(path) = name.as_c_str() else { return true };
         !matches!(rustix::fs::unlinkat(&self.root, path, AtFlags::REMOVEDIR), Err(Errno::BUSY))
     }
 }

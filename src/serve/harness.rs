@@ -221,40 +221,34 @@ mod tests {
         answer.events.iter().map(|bytes| proto::decode(bytes).unwrap()).collect()
     }
 
-    /// Inputs that reach each request's handling, for the fuzzer to start
-    /// from: `just fuzz` writes them to the corpus.
-    fn seeds() -> Vec<(&'static str, Vec<u8>)> {
+    /// Inputs that reach each request's handling: the corpus grew from
+    /// them.
+    fn seeds() -> Vec<Vec<u8>> {
         let code = b"print('hello')\n";
         let python = run_header(1, Lang::Python, code);
         let mut shell = run_header(2, Lang::Shell, b"#!/bin/cat\n");
         shell.stdin = true;
         shell.timeout_ms = 50;
         vec![
-            ("job", frames(&[Request::Run(python.clone()), Request::Code { job: 1, data: code }])),
-            (
-                "script-stdin-signal",
-                frames(&[
-                    Request::Run(shell),
-                    Request::Code { job: 2, data: b"#!/bin/cat\n" },
-                    Request::Stdin { job: 2, data: b"in", end: true },
-                    Request::Signal { job: 2, signal: 9 },
-                ]),
-            ),
-            (
-                "ping-refresh",
-                frames(&[
-                    Request::Ping { seq: 7 },
-                    Request::Refresh { seq: 8, realtime_ns: 1, entropy: b"e" },
-                ]),
-            ),
-            ("shutdown", frames(&[Request::Run(python), Request::Shutdown])),
-            ("empty-message", vec![0x01, 0x00]),
+            // A Python job (cat prints its code).
+            frames(&[Request::Run(python.clone()), Request::Code { job: 1, data: code }]),
+            // A `#!` script with stdin and a timeout, then a signal.
+            frames(&[
+                Request::Run(shell),
+                Request::Code { job: 2, data: b"#!/bin/cat\n" },
+                Request::Stdin { job: 2, data: b"in", end: true },
+                Request::Signal { job: 2, signal: 9 },
+            ]),
+            frames(&[Request::Ping { seq: 7 }, Request::Refresh { seq: 8, realtime_ns: 1, entropy: b"e" }]),
+            frames(&[Request::Run(python), Request::Shutdown]),
+            // The two bytes that once crashed PID 1: an empty message.
+            vec![0x01, 0x00],
         ]
     }
 
     #[test]
     fn a_job_runs_and_its_output_comes_back() {
-        let input = &seeds()[0].1;
+        let input = &seeds()[0];
         let answer = run(input);
         let events = events(&answer);
         assert!(matches!(events[0], Event::Started { job: 1, .. }), "{events:?}");
@@ -300,7 +294,7 @@ mod tests {
 
     #[test]
     fn shutdown_stops_the_loop() {
-        let answer = run(&seeds()[3].1);
+        let answer = run(&seeds()[3]);
         assert!(answer.stopped);
     }
 
@@ -308,9 +302,13 @@ mod tests {
         PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("fuzz").join(kind).join("serve")
     }
 
-    /// The fuzzer's corpus and every crash it found, replayed on stable.
+    /// The seeds, the fuzzer's corpus and every crash it found, replayed on
+    /// stable.
     #[test]
     fn fuzz_corpus_and_crashes_replay() {
+        for input in seeds() {
+            run(&input);
+        }
         let mut replayed = 0;
         for kind in ["corpus", "artifacts"] {
             let Ok(dir) = std::fs::read_dir(fuzz_dir(kind)) else { continue };
@@ -325,17 +323,6 @@ mod tests {
                 replayed += 1;
             }
         }
-        assert!(replayed >= seeds().len(), "the corpus in fuzz/corpus/serve is missing");
-    }
-
-    /// `just fuzz` runs this first: the seeds, in the corpus.
-    #[test]
-    #[ignore]
-    fn write_seeds() {
-        let dir = fuzz_dir("corpus");
-        std::fs::create_dir_all(&dir).unwrap();
-        for (name, input) in seeds() {
-            std::fs::write(dir.join(format!("seed-{name}")), input).unwrap();
-        }
+        assert!(replayed > 0, "the corpus in fuzz/corpus/serve is missing");
     }
 }
