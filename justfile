@@ -38,7 +38,7 @@ setup:
 # Build the init (static, no_std) and the host CLI `vmexec`, release mode
 build:
     @cargo build -q --profile init -p pid1
-    @cargo build -q --release -p host
+    @cargo build -q --release -p vmhost -p vmexec
 
 # Print the size of the stripped init binary
 size: build
@@ -82,13 +82,13 @@ lint:
     cargo fmt --all --check
     cargo clippy --profile init -p pid1 -- -D warnings
     cargo clippy --profile init -p pid1 --lib --tests -- -D warnings
-    cargo clippy --release -p proto -p host --all-targets --features proto/std -- -D warnings
+    cargo clippy --release -p proto -p vmhost -p vmexec --all-targets --features proto/std -- -D warnings
 
 # Run every test: unit, wire, the init on this host (subreaper and PID 1), and VMs under QEMU
 test: image lint
     cargo test --profile init -p pid1 --lib
     cargo test --release -p proto --features std
-    cargo test --release -p host
+    cargo test --release -p vmhost -p vmexec
 
 # Fuzz the frame reader, request decoding and the init's request handling in-process, RUNS executions each (nightly + cargo-fuzz); corpus and crashes in fuzz/ are replayed by `just test`
 fuzz runs="5000000":
@@ -108,8 +108,8 @@ fuzz runs="5000000":
 
 # Boot N VMs per job kind, alternating with a busybox-sh baseline init; medians and ratios
 bench-boot n="10": image
-    cargo run --release -q -p host --bin bench-boot -- --runs "$1"
+    cargo run --release -q -p vmexec --bin bench-boot -- --runs "$1"
 
 # How late job timeouts fire in a VM: idle, beside output floods, and with the host not reading; medians and ratios
 bench-timeouts n="10": image
-    cargo run --release -q -p host --bin bench-timeouts -- --runs "$1"
+    cargo run --release -q -p vmexec --bin bench-timeouts -- --runs "$1"
