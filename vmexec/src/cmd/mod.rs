@@ -1,0 +1,5 @@
+//! One module per command.
+
+pub mod repl;
+pub mod run;
+pub mod template;
