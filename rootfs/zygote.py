@@ -1,12 +1,13 @@
 """pid1's Python zygote: an interpreter, initialised and with the common
 modules imported, that the init asks to fork for each Python job.
 
-The init starts it as root with two pipes: requests on descriptor 3,
-replies on 4. For a request it opens the job's descriptors through
-/proc/<init>/fd/N and forks once, with CLONE_PARENT (and into the job's
-cgroup when it has one): the leader is the init's child from birth, so the
-init reaps it and reads its exit status itself. The zygote replies with the
-leader's pid. The leader
+The init starts it as root, as `python3 zygote.py JOB_PROCESSES` (the
+process limit of a job, which a leader outside a cgroup gets as its
+RLIMIT_NPROC), with two pipes: requests on descriptor 3, replies on 4. For
+a request it opens the job's descriptors through /proc/<init>/fd/N and forks
+once, with CLONE_PARENT (and into the job's cgroup when it has one): the
+leader is the init's child from birth, so the init reaps it and reads its
+exit status itself. The zygote replies with the leader's pid. The leader
 moves its descriptors into place, drops to the job user exactly as an
 exec'd job does, and runs the code as `python3 /proc/self/fd/3` would.
 
@@ -39,8 +40,6 @@ Request = collections.namedtuple("Request", "length job code stdout stderr has_c
 REPLY = struct.Struct("=3I")
 SCRIPT = "/proc/self/fd/3"
 PR_SET_NO_NEW_PRIVS = 38
-# As the init sets them for an exec'd job.
-JOB_NPROC = 1024
 INIT = os.getppid()
 LIBC = ctypes.CDLL(None, use_errno=True)
 # The raw clone runs with the GIL held, as os.fork does.
@@ -149,13 +148,13 @@ def serve():
             reply(SPAWNED, job, leader)
 
 
-def become_the_job(fds, has_cwd, uid, block, in_cgroup):
+def become_the_job(fds, has_cwd, uid, block, in_cgroup, job_processes):
     """What the init does between fork and exec for a job, less what the
     zygote set for all its children once (see `settle`)."""
     os.setsid()
     # As the init sets it: with a cgroup, its pids.max is the job's limit
     # and the per-user one goes; without (outside a VM), the per-user one.
-    nproc = resource.RLIM_INFINITY if in_cgroup else JOB_NPROC
+    nproc = resource.RLIM_INFINITY if in_cgroup else job_processes
     resource.setrlimit(resource.RLIMIT_NPROC, (nproc, nproc))
     for fd, target in zip(fds, (3, 1, 2, 0)):
         os.dup2(fd, target)
@@ -243,6 +242,8 @@ def settle():
 
 
 if __name__ == "__main__":
+    # Read before anything is forked: a zygote started wrongly ends here.
+    job_processes = int(sys.argv[1])
     settle()
     # The zygote's objects are never collected in a job: the collector then
     # neither walks them nor writes to their pages (which a fork shares).
@@ -251,7 +252,7 @@ if __name__ == "__main__":
     job = serve()
     del serve
     try:
-        become_the_job(*job[1:])
+        become_the_job(*job[1:], job_processes)
     except BaseException as e:
         # The job's stderr, when it got that far; the console otherwise.
         print(f"cannot start the job in the zygote: {e}", file=sys.stderr)
