@@ -190,7 +190,7 @@ impl Vm {
     /// A stateful session of `lang` in this VM (the connection becomes
     /// shared); see [`crate::guest::session`].
     pub fn session(&mut self, lang: crate::Lang) -> std::result::Result<Session, SessionError> {
-        Session::start(&self.shared(), lang)
+        Session::start(&self.shared(), lang, None)
     }
 
     /// Writes `data` to `path` in the guest; see [`crate::guest::files`].
@@ -201,6 +201,11 @@ impl Vm {
     /// The bytes of the guest file `path`; see [`crate::guest::files`].
     pub fn read_file(&mut self, path: &str) -> std::result::Result<Vec<u8>, FileError> {
         files::read(self.runner(), path)
+    }
+
+    /// Removes the guest file (or empty directory) `path`.
+    pub fn delete_file(&mut self, path: &str) -> std::result::Result<(), FileError> {
+        files::delete(self.runner(), path)
     }
 
     /// The entries of the guest directory `path`; see [`crate::guest::files`].

@@ -29,6 +29,8 @@ enum Command {
     /// A stateful session in one VM: read steps from a terminal, or from a
     /// pipe as `python3 -i` does (a statement runs once it is complete).
     Repl(ReplArgs),
+    /// Serve runs and sessions over HTTP from a warm pool of VMs.
+    Serve(cmd::serve::ServeArgs),
 }
 
 fn main() -> ExitCode {
@@ -41,5 +43,6 @@ fn main() -> ExitCode {
         Command::Run(args) => cmd::run::main(args),
         Command::Template(action) => cmd::template::main(action),
         Command::Repl(args) => cmd::repl::main(args),
+        Command::Serve(args) => cmd::serve::main(args),
     }
 }

@@ -79,6 +79,11 @@ pub fn read(runner: &mut dyn Runner, path: &str) -> Result<Vec<u8>, FileError> {
     file_job(runner, &helper("read", path))
 }
 
+/// Removes the guest file `path` (or an empty directory).
+pub fn delete(runner: &mut dyn Runner, path: &str) -> Result<(), FileError> {
+    file_job(runner, &helper("delete", path)).map(drop)
+}
+
 /// The entries of the guest directory `path`, by name.
 pub fn list(runner: &mut dyn Runner, path: &str) -> Result<Vec<FileEntry>, FileError> {
     parse_listing(&file_job(runner, &helper("list", path))?)

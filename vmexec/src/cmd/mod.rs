@@ -2,4 +2,5 @@
 
 pub mod repl;
 pub mod run;
+pub mod serve;
 pub mod template;

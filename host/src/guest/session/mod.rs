@@ -81,8 +81,9 @@ fn step_message(kind: &str, code: &str) -> Vec<u8> {
 
 impl Session {
     /// Starts a session of `lang` (its driver forked like any job) on
-    /// `shared`'s VM.
-    pub fn start(shared: &Shared, lang: Lang) -> Result<Session> {
+    /// `shared`'s VM; `memory_limit_mb` bounds all its processes together
+    /// (`None`: the guest's default).
+    pub fn start(shared: &Shared, lang: Lang, memory_limit_mb: Option<u32>) -> Result<Session> {
         let mut nonce = [0u8; 12];
         std::fs::File::open("/dev/urandom")
             .and_then(|mut f| f.read_exact(&mut nonce))
@@ -96,6 +97,7 @@ impl Session {
         job.timeout = None;
         job.stdout_limit = u32::MAX;
         job.stderr_limit = u32::MAX;
+        job.memory_limit_mb = memory_limit_mb;
         let job = shared.submit_streaming(&job)?;
         Ok(Session {
             job,
