@@ -148,6 +148,27 @@ fn kill_qemu(pid: u32) {
     }
 }
 
+/// One line on stderr and the metrics for each run, however it ends: a
+/// run whose client went away is dropped mid-way and reported here as
+/// cancelled.
+struct Report<'a> {
+    metrics: &'a Metrics,
+    run: u32,
+    language: &'static str,
+    began: Instant,
+    outcome: Option<(Outcome, String)>,
+}
+
+impl Drop for Report<'_> {
+    fn drop(&mut self) {
+        let (outcome, detail) = self.outcome.take().unwrap_or((Outcome::Cancelled, "the client went away".into()));
+        let ms = self.began.elapsed().as_secs_f64() * 1000.0;
+        self.metrics.count(outcome);
+        self.metrics.total_seconds.observe(ms / 1000.0);
+        tracing::info!(run = self.run, language = self.language, outcome = outcome.name(), ms = api::round_ms(ms), "{detail}");
+    }
+}
+
 /// The service's machines, behind one door.
 pub struct Door {
     pub pool: Arc<Pool>,
@@ -170,31 +191,19 @@ impl Door {
     /// One run in a fresh VM. Output goes to `sink` as it arrives when one
     /// is given; the whole of it is in the result either way.
     pub async fn run(&self, request: RunRequest, sink: Option<ChunkSink>) -> Result<RunResult, DoorError> {
-        let id = self.next_run.fetch_add(1, Ordering::Relaxed);
-        let language = request.language.name();
-        let began = Instant::now();
-        let result = self.run_inner(request, sink, began).await;
-        let outcome = match &result {
-            Ok(r) if r.timed_out => Outcome::TimedOut,
-            Ok(_) => Outcome::Exited,
-            Err(e) => e.outcome(),
+        let mut report = Report {
+            metrics: &self.metrics,
+            run: self.next_run.fetch_add(1, Ordering::Relaxed),
+            language: request.language.name(),
+            began: Instant::now(),
+            outcome: None,
         };
-        self.metrics.count(outcome);
-        let ms = began.elapsed().as_secs_f64() * 1000.0;
-        self.metrics.total_seconds.observe(ms / 1000.0);
-        match &result {
-            Ok(r) => tracing::info!(
-                run = id,
-                language,
-                outcome = outcome.name(),
-                exit = r.exit_code,
-                ms = api::round_ms(ms),
-                "run"
-            ),
-            Err(e) => {
-                tracing::info!(run = id, language, outcome = outcome.name(), error = %e, ms = api::round_ms(ms), "run")
-            }
-        }
+        let result = self.run_inner(request, sink, report.began).await;
+        report.outcome = Some(match &result {
+            Ok(r) if r.timed_out => (Outcome::TimedOut, format!("exit {}", r.exit_code)),
+            Ok(r) => (Outcome::Exited, format!("exit {}", r.exit_code)),
+            Err(e) => (e.outcome(), e.to_string()),
+        });
         result
     }
 
