@@ -172,3 +172,6 @@ pub fn parse_download(arg: &str) -> Result<(String, PathBuf), String> {
     }
     Ok((guest.into(), local))
 }
+
+#[cfg(test)]
+mod tests;
