@@ -1,17 +1,21 @@
 """pid1's Python zygote: an interpreter, initialised and with the common
 modules imported, that the init asks to fork for each Python job.
 
-The init starts it as root with two pipes: requests on descriptor 3, replies
-on 4. For a job it double-forks: the intermediate process reports the
-grandchild's pid and exits at once, so the grandchild (the job's leader) is
-reparented to the init, which reaps it and reads its exit status itself.
-The leader opens the job's descriptors through /proc/<init>/fd, drops to
-the job user exactly as an exec'd job does, and runs the code as
-`python3 /proc/self/fd/3` would.
+The init starts it as root, as `python3 zygote.py JOB_PROCESSES` (the
+process limit of a job, which a leader outside a cgroup gets as its
+RLIMIT_NPROC), with two pipes: requests on descriptor 3, replies on 4. For
+a request it opens the job's descriptors through /proc/<init>/fd/N and forks
+once, with CLONE_PARENT (and into the job's cgroup when it has one): the
+leader is the init's child from birth, so the init reaps it and reads its
+exit status itself. The zygote replies with the leader's pid. The leader
+moves its descriptors into place, drops to the job user exactly as an
+exec'd job does, and runs the code as `python3 /proc/self/fd/3` would.
 
-Request: u32 length, job, code fd, stdout fd, stderr fd, has_cwd, job uid; then
-`length` bytes of NUL-terminated `NAME=value` strings (and the cwd last).
-Reply: u32 kind (0 ready, 1 spawned, 2 failed), job, pid. Native endian.
+The records (proto/ZYGOTE.md; native byte order, u32 words):
+Request: length, job, code fd, stdout fd, stderr fd, has_cwd, uid, stdin fd
+(0: /dev/null), cgroup fd (0: none); then `length` bytes of NUL-terminated
+`NAME=value` strings (and the cwd last, if has_cwd).
+Reply: kind (READY, SPAWNED, FAILED), job, pid.
 """
 
 import os
@@ -28,13 +32,14 @@ import atexit, linecache, tokenize  # noqa: E401,F401
 import gc
 
 REQUESTS, REPLIES = 3, 4
+# A reply's kind: initialised (job and pid 0); forked the job's leader;
+# could not open its descriptors or fork (pid 0).
 READY, SPAWNED, FAILED = 0, 1, 2
 HEADER = struct.Struct("=9I")
+Request = collections.namedtuple("Request", "length job code stdout stderr has_cwd uid stdin cgroup")
 REPLY = struct.Struct("=3I")
 SCRIPT = "/proc/self/fd/3"
 PR_SET_NO_NEW_PRIVS = 38
-# As the init sets them for an exec'd job.
-JOB_NPROC = 1024
 INIT = os.getppid()
 LIBC = ctypes.CDLL(None, use_errno=True)
 # The raw clone runs with the GIL held, as os.fork does.
@@ -53,9 +58,25 @@ class CloneArgs(ctypes.Structure):
         "set_tid", "set_tid_size", "cgroup")]
 
 
+def decode_request(header):
+    """A request's header, `HEADER.size` bytes."""
+    return Request._make(HEADER.unpack(header))
+
+
+def decode_environment(block, has_cwd):
+    """A request's block: its `NAME=value` strings, and the cwd (or None)."""
+    strings = [s.decode("utf-8", "surrogateescape") for s in block.split(b"\0")[:-1]]
+    cwd = strings.pop() if has_cwd else None
+    return strings, cwd
+
+
+def encode_reply(kind, job, pid):
+    return REPLY.pack(kind, job, pid)
+
+
 def reply(kind, job, pid):
     try:
-        os.write(REPLIES, REPLY.pack(kind, job, pid))
+        os.write(REPLIES, encode_reply(kind, job, pid))
     except OSError:
         os._exit(0)  # the init is gone
 
@@ -100,7 +121,7 @@ def serve():
         header = read_exact(HEADER.size)
         if header is None:
             os._exit(0)  # the init is gone
-        length, job, code, out, err, has_cwd, uid, stdin, cgroup = HEADER.unpack(header)
+        length, job, code, out, err, has_cwd, uid, stdin, cgroup = decode_request(header)
         block = read_exact(length) if length else b""
         if block is None:
             os._exit(0)
@@ -127,13 +148,13 @@ def serve():
             reply(SPAWNED, job, leader)
 
 
-def become_the_job(fds, has_cwd, uid, block, in_cgroup):
+def become_the_job(fds, has_cwd, uid, block, in_cgroup, job_processes):
     """What the init does between fork and exec for a job, less what the
     zygote set for all its children once (see `settle`)."""
     os.setsid()
     # As the init sets it: with a cgroup, its pids.max is the job's limit
     # and the per-user one goes; without (outside a VM), the per-user one.
-    nproc = resource.RLIM_INFINITY if in_cgroup else JOB_NPROC
+    nproc = resource.RLIM_INFINITY if in_cgroup else job_processes
     resource.setrlimit(resource.RLIMIT_NPROC, (nproc, nproc))
     for fd, target in zip(fds, (3, 1, 2, 0)):
         os.dup2(fd, target)
@@ -141,8 +162,7 @@ def become_the_job(fds, has_cwd, uid, block, in_cgroup):
     os.setgroups([])
     os.setgid(uid)
     os.setuid(uid)
-    strings = [s.decode("utf-8", "surrogateescape") for s in block.split(b"\0")[:-1]]
-    cwd = strings.pop() if has_cwd else None
+    strings, cwd = decode_environment(block, has_cwd)
     os.environ.clear()
     os.environ.update(s.split("=", 1) for s in strings)
     os.chdir(cwd or os.environ.get("HOME", "/"))
@@ -221,18 +241,21 @@ def settle():
         raise OSError(ctypes.get_errno(), "cannot set no_new_privs")
 
 
-settle()
-# The zygote's objects are never collected in a job: the collector then
-# neither walks them nor writes to their pages (which a fork shares).
-gc.collect()
-gc.freeze()
-job = serve()
-del serve
-try:
-    become_the_job(*job[1:])
-except BaseException as e:
-    # The job's stderr, when it got that far; the console otherwise.
-    print(f"cannot start the job in the zygote: {e}", file=sys.stderr)
-    os._exit(126)
-del job
-run_as_main()
+if __name__ == "__main__":
+    # Read before anything is forked: a zygote started wrongly ends here.
+    job_processes = int(sys.argv[1])
+    settle()
+    # The zygote's objects are never collected in a job: the collector then
+    # neither walks them nor writes to their pages (which a fork shares).
+    gc.collect()
+    gc.freeze()
+    job = serve()
+    del serve
+    try:
+        become_the_job(*job[1:], job_processes)
+    except BaseException as e:
+        # The job's stderr, when it got that far; the console otherwise.
+        print(f"cannot start the job in the zygote: {e}", file=sys.stderr)
+        os._exit(126)
+    del job
+    run_as_main()

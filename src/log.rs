@@ -62,6 +62,27 @@ impl<'a> From<Path<'a>> for Piece<'a> {
     }
 }
 
+/// `n` in decimal, then NULs, worked out at compile time: for a constant
+/// that is written as text too (a limit in a cgroup file, an argument), so
+/// that no formatting runs for it and the number and its text cannot
+/// disagree. 20 digits hold any u64; at least one NUL follows.
+pub const fn decimal(n: u64) -> [u8; 21] {
+    let mut digits = [0u8; 21];
+    let (mut len, mut left) = (1, n / 10);
+    while left > 0 {
+        len += 1;
+        left /= 10;
+    }
+    let (mut rest, mut i) = (n, len);
+    while i > 0 {
+        i -= 1;
+        // A digit: rest % 10 < 10.
+        digits[i] = b'0' + (rest % 10) as u8;
+        rest /= 10;
+    }
+    digits
+}
+
 /// Where pieces are written: the free end of a [`Text`]'s buffer.
 struct Cursor<'a> {
     buf: &'a mut [u8],
@@ -231,5 +252,15 @@ mod tests {
         assert_eq!(Text::<2>::of(pieces!["a€"]).as_str(), "a");
         assert_eq!(Text::<8>::of(pieces!["j", 7u32, "\0"]).as_c_str(), Some(c"j7"));
         assert_eq!(Text::<2>::of(pieces!["j", 7u32, "\0"]).as_c_str(), None);
+    }
+
+    #[test]
+    fn decimal_at_compile_time() {
+        const TEN: [u8; 21] = decimal(10);
+        assert_eq!(CStr::from_bytes_until_nul(&TEN), Ok(c"10"));
+        for n in [0, 7, 9, 99, 100, 1024, u64::from(u32::MAX), u64::MAX / 10, u64::MAX] {
+            let text = Text::<24>::of(pieces![n, "\0"]);
+            assert_eq!(CStr::from_bytes_until_nul(&decimal(n)).ok(), text.as_c_str(), "{n}");
+        }
     }
 }

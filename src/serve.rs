@@ -15,7 +15,7 @@ use rustix::time::Timespec;
 
 use crate::config::{Config, USAGE};
 use crate::error::{Os, describe};
-use crate::job::{Jobs, MAX_JOBS, Refused};
+use crate::job::{Jobs, Loaded, MAX_JOBS, Refused};
 use crate::log::Text;
 use crate::pieces;
 use crate::poll::{Poll, Token};
@@ -234,17 +234,18 @@ impl Server {
             let (job, answer) = match request {
                 Request::Run(run) => (run.job, self.jobs.open(&run)),
                 Request::Code { job, data } => match self.jobs.load(job, data, &self.poll) {
-                    Ok(Some(pid)) => {
-                        // Forked from the zygote: `Started` once it says
-                        // which process leads the job.
-                        if let Some(pid) = pid {
+                    Ok(Loaded::Incomplete) => continue,
+                    Ok(started) => {
+                        // Asked of the zygote: `Started` once it says which
+                        // process leads the job.
+                        if let Loaded::Started(pid) = started {
                             self.tx.send(&Event::Started { job, pid: pid.as_raw_pid().unsigned_abs() });
                         }
                         // A zygote that died comes back for the next job.
                         self.jobs.start_zygote(&self.poll);
                         continue;
                     }
-                    loaded => (job, loaded.map(drop)),
+                    Err(refused) => (job, Err(refused)),
                 },
                 Request::Signal { job, signal } => (job, self.jobs.signal(job, signal)),
                 Request::Stdin { job, data, end } => {

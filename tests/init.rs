@@ -185,7 +185,7 @@ fn unknown_duplicate_and_overflowing_jobs() {
     let mut init = Init::start(Options::default());
     init.agent.send(&proto::Request::Code { job: 77, data: b"x" }).unwrap();
     assert_eq!(next_error(&mut init), (Some(77), ErrorKind::UnknownJob, "no job with this id".into()));
-    init.agent.signal(78, 9).unwrap();
+    init.agent.signal(78, vmhost::Signal::Kill).unwrap();
     assert_eq!(next_error(&mut init).1, ErrorKind::UnknownJob);
 
     // Fill every slot with a job that waits, then one more.
@@ -204,7 +204,7 @@ fn unknown_duplicate_and_overflowing_jobs() {
     assert_eq!(next_error_for(&mut init, extra), ErrorKind::Busy);
     assert_eq!(next_error_for(&mut init, extra), ErrorKind::UnknownJob);
     for &id in &ids {
-        init.agent.signal(id, 9).unwrap();
+        init.agent.signal(id, vmhost::Signal::Kill).unwrap();
     }
     for id in ids {
         assert_eq!(init.agent.wait_job(id, &mut |_, _| {}).unwrap().code(), 137);

@@ -313,7 +313,7 @@ print('clock', errname(lambda: time.clock_settime(time.CLOCK_REALTIME, 0)))
         "{}",
         text(&out.stderr)
     );
-    vm.agent().signal(neighbour, 9).unwrap();
+    vm.agent().signal(neighbour, vmhost::Signal::Kill).unwrap();
     let _ = vm.agent().wait_job(neighbour, &mut |_, _| {});
     still_serving(&mut vm);
     vm.shutdown();

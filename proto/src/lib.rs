@@ -17,7 +17,9 @@ pub mod wire;
 pub use frame::{Frame, FrameReader, decode, encode};
 pub use message::*;
 
-/// Protocol version, sent in `Ready`; bumped on any incompatible change.
+/// Protocol version, sent in `Ready`. postcard is not self-describing, so
+/// any change to a message's fields (appended ones too) and any new variant
+/// is incompatible and bumps it (`PROTOCOL.md`, Stability).
 pub const VERSION: u16 = 4;
 
 /// Largest frame on the wire, COBS overhead and delimiter included. Both

@@ -14,6 +14,7 @@ use rustix::fd::{AsFd, BorrowedFd, OwnedFd};
 use rustix::fs::{AtFlags, Mode, OFlags};
 use rustix::io::Errno;
 
+use super::spawn::JOB_PROCESSES_TEXT;
 use crate::error::Os;
 use crate::log;
 use crate::log::Text;
@@ -21,10 +22,6 @@ use crate::pieces;
 
 /// Where cgroup2 is mounted.
 const ROOT: &CStr = c"/sys/fs/cgroup";
-
-/// Processes a job may have at once (`pids.max`): room for real parallel
-/// work, a wall against a fork bomb.
-const JOB_PIDS: &[u8] = b"1024";
 
 /// Ended jobs' cgroups that still had processes (being killed) when their
 /// job ended: removed on a later try.
@@ -82,7 +79,7 @@ impl Cgroups {
     }
 
     /// A new cgroup `j<seq>` limited to `memory` bytes (the default when 0)
-    /// and [`JOB_PIDS`] processes.
+    /// and [`JOB_PROCESSES`](super::spawn::JOB_PROCESSES) processes.
     pub fn make(&mut self, seq: u32, memory: u64) -> rustix::io::Result<Cgroup> {
         self.sweep();
         let name = Name::of(pieces!["j", seq, "\0"]);
@@ -94,7 +91,7 @@ impl Cgroups {
             let text = Text::<24>::of(pieces![memory]);
             write_at(dir.as_fd(), c"memory.max", text.as_bytes())?;
             write_at(dir.as_fd(), c"memory.oom.group", b"1")?;
-            write_at(dir.as_fd(), c"pids.max", JOB_PIDS)?;
+            write_at(dir.as_fd(), c"pids.max", JOB_PROCESSES_TEXT.to_bytes())?;
             Ok(dir)
         });
         match limited {

@@ -25,12 +25,22 @@ use rustix::process::{Pid, Resource, Rlimit};
 use super::env::{DEFAULT_ENV, EnvBlock};
 use crate::config::JobConfig;
 use crate::error::describe;
-use crate::log::Path;
+use crate::log::{self, Path};
 use crate::sys::{self, CStrArray, Fork, SigSet};
 
-/// Processes the job user may have at once (RLIMIT_NPROC): room for real
-/// parallel work, a wall against a fork bomb taking the VM down.
-pub const JOB_NPROC: u64 = 1024;
+/// Processes a job may have at once: room for real parallel work, a wall
+/// against a fork bomb taking the VM down. In a VM it is the `pids.max` of
+/// the job's cgroup; outside one, the RLIMIT_NPROC of the job user (all
+/// jobs share it). The zygote is given it as its argument, to set the
+/// same limit in the leaders it forks.
+pub const JOB_PROCESSES: u32 = 1024;
+
+/// [`JOB_PROCESSES`] as text: the zygote's argument, the cgroup's `pids.max`.
+pub const JOB_PROCESSES_TEXT: &CStr = match CStr::from_bytes_until_nul(&PROCESSES_DIGITS) {
+    Ok(text) => text,
+    Err(_) => panic!("decimal leaves a NUL after the digits"),
+};
+const PROCESSES_DIGITS: [u8; 21] = log::decimal(JOB_PROCESSES as u64);
 
 /// The descriptor the child finds its code on.
 const CODE_FD: i32 = 3;
@@ -38,7 +48,11 @@ const CODE_FD: i32 = 3;
 /// The script path the interpreter opens: the child's own descriptor 3.
 const SCRIPT: &CStr = c"/proc/self/fd/3";
 
-/// Longest argv+envp: every job variable, the defaults and the terminator.
+/// Longest argv: the zygote's three strings and the terminator. A job's has
+/// at most two strings; one size is one copy of `push` in the binary.
+const MAX_ARGV: usize = 4;
+
+/// Longest envp: every job variable, the defaults and the terminator.
 const MAX_ENVP: usize = proto::MAX_ENV + DEFAULT_ENV.len() + 2;
 
 /// What a job's process executes.
@@ -77,7 +91,7 @@ pub fn spawn(
         Program::Lang(Lang::Unknown(_)) => return Err(("language", Errno::INVAL)),
         Program::Script => SCRIPT,
     };
-    let mut argv = CStrArray::<3>::new();
+    let mut argv = CStrArray::<MAX_ARGV>::new();
     let mut envp = CStrArray::<MAX_ENVP>::new();
     argv.push(interpreter).map_err(|e| ("arguments", e))?;
     if let Program::Lang(_) = program {
@@ -99,17 +113,19 @@ pub fn spawn(
     }
 }
 
-/// Starts the Python zygote (`python3 SCRIPT`) as root in a session of its
-/// own, reading requests on descriptor 3 and writing replies on 4; its
-/// stdout and stderr are the init's (the console), for its last words.
+/// Starts the Python zygote (`python3 SCRIPT JOB_PROCESSES`) as root in a
+/// session of its own, reading requests on descriptor 3 and writing
+/// replies on 4; its stdout and stderr are the init's (the console), for
+/// its last words.
 pub fn zygote(
     config: &JobConfig,
     requests: BorrowedFd<'_>,
     replies: BorrowedFd<'_>,
 ) -> rustix::io::Result<Pid> {
-    let mut argv = CStrArray::<3>::new();
+    let mut argv = CStrArray::<MAX_ARGV>::new();
     argv.push(config.python)?;
     argv.push(config.zygote)?;
+    argv.push(JOB_PROCESSES_TEXT)?;
     let mut envp = CStrArray::<{ DEFAULT_ENV.len() + 2 }>::new();
     for var in DEFAULT_ENV.into_iter().chain([c"HOME=/"]) {
         envp.push(var)?;
@@ -201,7 +217,10 @@ impl Setup<'_> {
         // Without one (outside a VM), the per-user limit all jobs share.
         let nproc = match cgroup {
             Some(_) => Rlimit { current: None, maximum: None },
-            None => Rlimit { current: Some(JOB_NPROC), maximum: Some(JOB_NPROC) },
+            None => {
+                let limit = Some(u64::from(JOB_PROCESSES));
+                Rlimit { current: limit, maximum: limit }
+            }
         };
         check(rustix::process::setrlimit(Resource::Nproc, nproc), "cannot set RLIMIT_NPROC");
         let _ = rustix::process::setrlimit(Resource::Core, Rlimit { current: Some(0), maximum: Some(0) });

@@ -1,99 +1,172 @@
-//! The init's side of the Python zygote (`rootfs/zygote.py`): starting it,
-//! asking it for a job, reading its replies. Two pipes, fixed records, and
-//! every write one atomic `write` (at most `PIPE_BUF`) on a non-blocking
-//! pipe: a zygote that stops reading makes the request fail, never the loop
-//! wait.
+//! The records on the pipes between the init and the Python zygote
+//! (`rootfs/zygote.py`), as `proto/ZYGOTE.md` writes them down: a
+//! [`Request`] for a job's leader, a [`Reply`] saying the zygote is ready
+//! or which process it forked. Words are u32 in native byte order (both
+//! ends run on one machine). No I/O here: the golden tests pin the bytes.
 
-use rustix::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
-use rustix::io::Errno;
 use rustix::process::Pid;
-
-use super::env::EnvBlock;
-use super::spawn::{self, Fds};
-use crate::config::JobConfig;
 
 /// Most bytes one request may take: `PIPE_BUF`, so that it is written
 /// whole or not at all. A job whose environment does not fit takes the
 /// exec path.
-const PIPE_BUF: usize = 4096;
+pub const PIPE_BUF: usize = 4096;
 
-/// Request header: length, job, code fd, stdout fd, stderr fd, has_cwd,
-/// the job user, stdin fd (0: none), cgroup directory fd (0: none).
-const HEADER: usize = 9 * 4;
+/// A request's header: nine words, before the environment block.
+pub const HEADER: usize = 9 * 4;
 
 /// A reply: kind, job, pid.
-const REPLY: usize = 3 * 4;
+pub const REPLY: usize = 3 * 4;
+
+/// A reply's first word: what it says.
+pub mod kind {
+    /// Initialised, taking requests; job and pid are 0.
+    pub const READY: u32 = 0;
+    /// Forked the job's leader, whose pid follows.
+    pub const SPAWNED: u32 = 1;
+    /// Could not open the job's descriptors or fork; pid is 0.
+    pub const FAILED: u32 = 2;
+}
+
+/// What the zygote needs to fork a job's leader. The descriptors are the
+/// init's, which the leader opens through `/proc/<init>/fd/N`.
+pub struct Request<'a> {
+    pub job: u32,
+    pub code: u32,
+    pub stdout: u32,
+    pub stderr: u32,
+    /// The block's last string is the working directory.
+    pub has_cwd: bool,
+    /// The job user, which the leader drops to.
+    pub uid: u32,
+    /// The read end of the stdin pipe; 0: /dev/null (the init's own
+    /// descriptor 0 is never a job's).
+    pub stdin: u32,
+    /// The job's cgroup directory, which the leader starts in; 0: none.
+    pub cgroup: u32,
+    /// NUL-terminated `NAME=value` strings (then the cwd), back to back.
+    pub env: &'a [u8],
+}
+
+impl Request<'_> {
+    /// The record, in `out`: its length, or `None` if it would not fit in
+    /// one `PIPE_BUF` write.
+    pub fn encode(&self, out: &mut [u8; PIPE_BUF]) -> Option<usize> {
+        let size = HEADER + self.env.len();
+        out.get_mut(HEADER..size)?.copy_from_slice(self.env);
+        // At most PIPE_BUF: the length fits a u32.
+        let length = u32::try_from(self.env.len()).ok()?;
+        let header = [
+            length,
+            self.job,
+            self.code,
+            self.stdout,
+            self.stderr,
+            u32::from(self.has_cwd),
+            self.uid,
+            self.stdin,
+            self.cgroup,
+        ];
+        for (slot, value) in out.chunks_exact_mut(4).zip(header) {
+            slot.copy_from_slice(&value.to_ne_bytes());
+        }
+        Some(size)
+    }
+}
 
 /// What the zygote said.
+#[derive(Debug, PartialEq, Eq)]
 pub enum Reply {
     /// It is initialised and takes requests.
     Ready,
-    /// It forked the leader of `job`, now the init's child.
+    /// It forked `pid` as the leader of `job`, now the init's child.
     Spawned { job: u32, pid: Pid },
-    /// It could not fork for `job`.
+    /// It could not fork for `job` (also what a kind it never sends, or a
+    /// `SPAWNED` without a valid pid, is taken for).
     Failed { job: u32 },
 }
 
-/// A running zygote.
-pub struct Zygote {
-    pub pid: Pid,
-    requests: OwnedFd,
-    /// Watched by the loop.
-    pub replies: OwnedFd,
-    pub ready: bool,
-    /// Reaped already: its pid is no longer its own to signal.
-    pub exited: bool,
-}
-
-impl Zygote {
-    pub fn start(config: &JobConfig) -> rustix::io::Result<Zygote> {
-        let (requests_read, requests) = rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC)?;
-        let (replies, replies_write) = spawn::pipe(true)?;
-        rustix::fs::fcntl_setfl(&requests, rustix::fs::OFlags::NONBLOCK)?;
-        let pid = spawn::zygote(config, requests_read.as_fd(), replies_write.as_fd())?;
-        Ok(Zygote { pid, requests, replies, ready: false, exited: false })
-    }
-
-    /// Asks for a leader running `code` with `pipes` (stdout, stderr), the
-    /// environment and cwd of `env`, as user `uid`; the init keeps the
-    /// descriptors open until the reply. False if the request cannot be
-    /// sent whole now.
-    pub fn request(&self, job: u32, fds: Fds<'_>, env: &EnvBlock, uid: u32) -> bool {
-        let block = env.as_bytes();
-        let mut message = [0u8; PIPE_BUF];
-        let Some(body) = message.get_mut(HEADER..HEADER + block.len()) else { return false };
-        body.copy_from_slice(block);
-        let fd = |fd: BorrowedFd<'_>| fd.as_raw_fd().unsigned_abs();
-        // 0: /dev/null (the init's own descriptor 0 is never a job's).
-        let stdin = fds.stdin.map_or(0, fd);
-        // At most PIPE_BUF: the length fits a u32.
-        let length = u32::try_from(block.len()).unwrap_or(0);
-        let has_cwd = u32::from(env.cwd().is_some());
-        let cgroup = fds.cgroup.map_or(0, fd);
-        let header = [length, job, fd(fds.code), fd(fds.stdout), fd(fds.stderr), has_cwd, uid, stdin, cgroup];
-        for (slot, value) in message.chunks_exact_mut(4).zip(header) {
-            slot.copy_from_slice(&value.to_ne_bytes());
-        }
-        let size = HEADER + block.len();
-        rustix::io::write(&self.requests, &message[..size]) == Ok(size)
-    }
-
-    /// The next reply, if a whole one is there.
-    pub fn read(&self) -> Result<Option<Reply>, Errno> {
-        let mut record = [0u8; REPLY];
-        match rustix::io::read(&self.replies, &mut record) {
-            Ok(REPLY) => {}
-            Ok(0) => return Err(Errno::PIPE),
-            Ok(_) => return Err(Errno::IO),
-            Err(Errno::AGAIN | Errno::INTR) => return Ok(None),
-            Err(e) => return Err(e),
-        }
+impl Reply {
+    pub fn decode(record: &[u8; REPLY]) -> Reply {
         let word = |i: usize| u32::from_ne_bytes([record[i], record[i + 1], record[i + 2], record[i + 3]]);
         let (job, pid) = (word(4), i32::try_from(word(8)).ok().and_then(Pid::from_raw));
-        Ok(Some(match (word(0), pid) {
-            (0, _) => Reply::Ready,
-            (1, Some(pid)) => Reply::Spawned { job, pid },
+        match (word(0), pid) {
+            (kind::READY, _) => Reply::Ready,
+            (kind::SPAWNED, Some(pid)) => Reply::Spawned { job, pid },
             _ => Reply::Failed { job },
-        }))
+        }
+    }
+}
+
+// The examples of proto/ZYGOTE.md, as bytes on this (little-endian)
+// machine; rootfs/test_zygote_wire.py holds the zygote's side to them.
+#[cfg(all(test, target_endian = "little"))]
+mod tests {
+    use super::*;
+
+    #[rustfmt::skip]
+    const REQUEST: [u8; HEADER + 9] = [
+        0x09, 0, 0, 0, // length
+        0x01, 0, 0, 0, // job
+        0x0a, 0, 0, 0, // code fd
+        0x0c, 0, 0, 0, // stdout fd
+        0x0e, 0, 0, 0, // stderr fd
+        0x01, 0, 0, 0, // has_cwd
+        0xe8, 0x03, 0, 0, // uid 1000
+        0x00, 0, 0, 0, // stdin fd: none
+        0x0f, 0, 0, 0, // cgroup fd
+        b'A', b'=', b'1', 0, b'/', b't', b'm', b'p', 0,
+    ];
+
+    #[test]
+    fn a_request_is_its_golden_bytes() {
+        let request = Request {
+            job: 1,
+            code: 10,
+            stdout: 12,
+            stderr: 14,
+            has_cwd: true,
+            uid: 1000,
+            stdin: 0,
+            cgroup: 15,
+            env: b"A=1\0/tmp\0",
+        };
+        let mut out = [0xffu8; PIPE_BUF];
+        assert_eq!(request.encode(&mut out), Some(REQUEST.len()));
+        assert_eq!(out[..REQUEST.len()], REQUEST);
+    }
+
+    #[test]
+    fn a_request_past_pipe_buf_is_not_encoded() {
+        let env = [b'x'; PIPE_BUF - HEADER + 1];
+        let request = Request {
+            job: 1,
+            code: 3,
+            stdout: 4,
+            stderr: 5,
+            has_cwd: false,
+            uid: 0,
+            stdin: 0,
+            cgroup: 0,
+            env: &env,
+        };
+        assert_eq!(request.encode(&mut [0; PIPE_BUF]), None);
+        let fits = Request { env: &env[1..], ..request };
+        assert_eq!(fits.encode(&mut [0; PIPE_BUF]), Some(PIPE_BUF));
+    }
+
+    fn pid(raw: i32) -> Pid {
+        Pid::from_raw(raw).unwrap()
+    }
+
+    #[test]
+    fn replies_decode_from_their_golden_bytes() {
+        let decode = |bytes: [u8; REPLY]| Reply::decode(&bytes);
+        assert_eq!(decode([0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]), Reply::Ready);
+        assert_eq!(decode([1, 0, 0, 0, 1, 0, 0, 0, 0x2a, 0, 0, 0]), Reply::Spawned { job: 1, pid: pid(42) });
+        assert_eq!(decode([2, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0]), Reply::Failed { job: 1 });
+        // What the zygote never sends is a failure of the job it names.
+        assert_eq!(decode([1, 0, 0, 0, 3, 0, 0, 0, 0, 0, 0, 0]), Reply::Failed { job: 3 });
+        assert_eq!(decode([1, 0, 0, 0, 5, 0, 0, 0, 0, 0, 0, 0x80]), Reply::Failed { job: 5 });
+        assert_eq!(decode([9, 0, 0, 0, 4, 0, 0, 0, 0x2a, 0, 0, 0]), Reply::Failed { job: 4 });
     }
 }

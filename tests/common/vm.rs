@@ -40,7 +40,7 @@ pub fn ensure_template(config: &VmConfig) {
         match template.build(config, accel) {
             Ok(true) => return,
             Ok(false) => std::thread::sleep(Duration::from_millis(100)),
-            Err(e) => panic!("cannot make the template: {}", vmhost::template::chain(&e)),
+            Err(e) => panic!("cannot make the template: {}", vmhost::error::chain(&e)),
         }
     }
     panic!("the template was not made within 2 minutes");

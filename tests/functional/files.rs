@@ -21,10 +21,11 @@ fn files_go_in_and_out_byte_exact() {
     let want: Vec<u8> = data.iter().map(|b| 255 - b).collect();
     assert_eq!(format!("{:x}", Sha256::digest(&back)), format!("{:x}", Sha256::digest(&want)));
 
-    let names: Vec<(String, String, u64)> =
+    let names: Vec<(String, vmhost::FileKind, u64)> =
         vm.list_files("work").unwrap().into_iter().map(|e| (e.name, e.kind, e.size)).collect();
     let size = data.len() as u64;
-    assert_eq!(names, [("in.bin".into(), "file".into(), size), ("out.bin".into(), "file".into(), size)]);
+    let file = vmhost::FileKind::File;
+    assert_eq!(names, [("in.bin".into(), file, size), ("out.bin".into(), file, size)]);
 
     // A link out of the home, made by a job.
     let out = vm

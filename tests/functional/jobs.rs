@@ -184,7 +184,7 @@ fn signal_request_reaches_the_job(py: Python) {
             other => panic!("unexpected {other:?}"),
         }
     }
-    init.agent.signal(id, 9).unwrap();
+    init.agent.signal(id, vmhost::Signal::Kill).unwrap();
     let out = init.agent.wait_job(id, &mut |_, _| {}).unwrap();
     assert_eq!((out.exit, out.timed_out), (Exit::Signal(9), false));
 }
@@ -226,7 +226,7 @@ fn python_runs_code_as_python3_file_does(py: Python) {
             break;
         }
     }
-    init.agent.signal(id, 2).unwrap();
+    init.agent.signal(id, vmhost::Signal::Interrupt).unwrap();
     let out = init.agent.wait_job(id, &mut |_, _| {}).unwrap();
     // What follows the first chunk of "up\n" (print may write it in two).
     assert_eq!(text(&out.stdout).trim_start(), "interrupted\n");
@@ -284,7 +284,7 @@ fn stdin_streams_to_the_job(py: Python) {
         matches!(&refused, GuestEvent::Error { job: Some(j), message, .. } if *j == sleeper && message.contains("STDIN_WINDOW")),
         "{refused:?}"
     );
-    init.agent.signal(sleeper, 9).unwrap();
+    init.agent.signal(sleeper, vmhost::Signal::Kill).unwrap();
     let out = init.agent.wait_job(sleeper, &mut |_, _| {}).unwrap();
     assert_eq!(out.code(), 137);
 
@@ -293,7 +293,7 @@ fn stdin_streams_to_the_job(py: Python) {
     init.agent.send(&proto::Request::Stdin { job, data: b"x", end: true }).unwrap();
     let refused = init.agent.wait_job(job, &mut |_, _| {}).unwrap_err().to_string();
     assert!(refused.contains("not started with stdin"), "{refused}");
-    init.agent.signal(job, 9).unwrap();
+    init.agent.signal(job, vmhost::Signal::Kill).unwrap();
     init.agent.wait_job(job, &mut |_, _| {}).unwrap();
     assert_eq!(init.agent.ping().unwrap().jobs_active, 0);
 }

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use clap::Parser;
-use vmhost::vm::{Console, Launch, Ram, die_with_parent, kernel_cmdline, qemu_command};
+use vmhost::qemu::{Console, Launch, Ram, kernel_cmdline, process, qemu_command};
 use vmhost::{Accel, Job, Lang, Start, Vm, VmConfig};
 
 #[derive(Parser)]
@@ -39,7 +39,12 @@ fn pid1_run(config: &VmConfig, lang: Lang) -> Result<Pid1Run> {
     let mut vm = Vm::boot(config)?;
     let want = if config.cold { Start::Cold } else { Start::Restored };
     if vm.start() != want {
-        bail!("wanted a {} VM, got a {} one: {:?}", want.name(), vm.start().name(), vm.fallback());
+        bail!(
+            "wanted a {} VM, got a {} one: {:?}",
+            want.name(),
+            vm.start().name(),
+            vm.fallback().map(|f| f.to_string())
+        );
     }
     let times = vm.times();
     let job =
@@ -76,9 +81,8 @@ fn baseline_run(config: &VmConfig, accel: Accel, lang: Lang) -> Result<f64> {
     };
     let mut command = qemu_command(config, accel, &launch);
     command.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::null());
-    die_with_parent(&mut command);
     let spawned = Instant::now();
-    let mut child = command.spawn()?;
+    let mut child = process::spawn(command)?;
     let stdout = child.stdout.take().context("stdout")?;
     let mut seen = None;
     for line in BufReader::new(stdout).lines() {

@@ -56,7 +56,7 @@ fn lateness(vm: &mut Vm, condition: Condition, timeout: Duration) -> Result<f64>
         bail!("the timed job ended without its timeout: {:?}", out.exit);
     }
     for flood in floods {
-        agent.signal(flood, 9)?;
+        agent.signal(flood, vmhost::Signal::Kill)?;
         agent.wait_job(flood, &mut |_, _| {})?;
     }
     Ok((out.duration.as_secs_f64() - timeout.as_secs_f64()) * 1e3)

@@ -1,4 +1,4 @@
-"""A file operation in the guest, run as a Python job by `vmhost::files`.
+"""A file operation in the guest, run as a Python job by `vmhost::guest::files`.
 
 It runs as the job user, so the kernel enforces what that user may touch;
 on top of that, a path must stay inside the user's home: no `..`, an
@@ -7,8 +7,9 @@ absolute path only under $HOME, and no symbolic link anywhere on the way
 link cannot be swapped in between a check and the open).
 
 PID1_OP is write (stdin into the file, PID1_MODE its mode), read (the file
-to stdout) or list (a record per entry: kind, size, mode, name, separated
-by tabs and ended by a NUL, which no name contains).
+to stdout), delete (a file, a link or an empty directory) or list (a record
+per entry: kind, size, mode, name, separated by tabs and ended by a NUL,
+which no name contains).
 Failures: one line on stderr, exit 2.
 """
 import errno, os, stat, sys  # noqa: E401
@@ -71,6 +72,14 @@ def main():
             fail("not a file")
         dir_fd = open_dir(parts[:-1], create=op == "write")
         name = parts[-1]
+        if op == "delete":
+            # A file or link goes; a directory only when empty, so one call
+            # never removes a tree by surprise.
+            if stat.S_ISDIR(os.lstat(name, dir_fd=dir_fd).st_mode):
+                os.rmdir(name, dir_fd=dir_fd)
+            else:
+                os.unlink(name, dir_fd=dir_fd)
+            return
         if op == "write":
             # Into a new file, renamed over the old one once whole: a
             # failed upload (a full filesystem) leaves the old file as it was.

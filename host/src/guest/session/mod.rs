@@ -8,14 +8,15 @@
 //! per session. A step's timeout sends SIGINT to the session's processes
 //! (Python: `KeyboardInterrupt` in the step, which then reports exit 1), and
 //! SIGKILL after a grace if the step has not ended; the session is then
-//! over.
+//! over. A session owns its job's handle on the VM's [`Shared`]
+//! connection, so it can live on any thread beside other jobs.
 
 use std::io::Read;
 use std::time::{Duration, Instant};
 
-use proto::{Lang, Request, Stream};
+use proto::{Lang, Stream};
 
-use crate::agent::{Agent, GuestEvent, Job};
+use crate::agent::{GuestEvent, Job, JobHandle, Shared, Signal};
 use crate::error::AgentError;
 
 const PYTHON_DRIVER: &str = include_str!("session.py");
@@ -23,6 +24,9 @@ const SHELL_DRIVER: &str = include_str!("session.sh");
 
 /// How long an interrupted step has to end before the session is killed.
 pub const INTERRUPT_GRACE: Duration = Duration::from_secs(2);
+
+/// How long a closed session's driver has to exit before it is killed.
+const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// What one step printed and how it ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -51,21 +55,35 @@ pub enum SessionError {
 
 type Result<T, E = SessionError> = std::result::Result<T, E>;
 
-/// A session: borrow of the agent for its life.
-pub struct Session<'a> {
-    agent: &'a mut Agent,
-    job: u32,
+/// A session, owning its driver job.
+pub struct Session {
+    job: JobHandle,
     marker: Vec<u8>,
     /// Stdin bytes the init may still take before acknowledging.
     window: usize,
     /// Output not yet given to a step: `[stdout, stderr]`.
     streams: [Vec<u8>; 2],
     ended: bool,
+    steps: u32,
 }
 
-impl Agent {
-    /// Starts a session of `lang` (its driver forked like any job).
-    pub fn session(&mut self, lang: Lang) -> Result<Session<'_>> {
+/// The marker that ends each step's output on both streams.
+fn marker(nonce: &str) -> Vec<u8> {
+    format!("\0{nonce}:").into_bytes()
+}
+
+/// A step as the driver reads it: `<kind> <length>\n`, then the code.
+fn step_message(kind: &str, code: &str) -> Vec<u8> {
+    let mut message = format!("{kind} {}\n", code.len()).into_bytes();
+    message.extend_from_slice(code.as_bytes());
+    message
+}
+
+impl Session {
+    /// Starts a session of `lang` (its driver forked like any job) on
+    /// `shared`'s VM; `memory_limit_mb` bounds all its processes together
+    /// (`None`: the guest's default).
+    pub fn start(shared: &Shared, lang: Lang, memory_limit_mb: Option<u32>) -> Result<Session> {
         let mut nonce = [0u8; 12];
         std::fs::File::open("/dev/urandom")
             .and_then(|mut f| f.read_exact(&mut nonce))
@@ -79,20 +97,28 @@ impl Agent {
         job.timeout = None;
         job.stdout_limit = u32::MAX;
         job.stderr_limit = u32::MAX;
-        let id = self.submit_streaming(&job)?;
-        let marker = format!("\0{nonce}:").into_bytes();
+        job.memory_limit_mb = memory_limit_mb;
+        let job = shared.submit_streaming(&job)?;
         Ok(Session {
-            agent: self,
-            job: id,
-            marker,
+            job,
+            marker: marker(&nonce),
             window: proto::STDIN_WINDOW as usize,
             streams: [Vec::new(), Vec::new()],
             ended: false,
+            steps: 0,
         })
     }
-}
 
-impl Session<'_> {
+    /// Whether the session has ended (closed, killed, or its driver gone).
+    pub fn is_ended(&self) -> bool {
+        self.ended
+    }
+
+    /// Steps run so far.
+    pub fn steps(&self) -> u32 {
+        self.steps
+    }
+
     /// Runs a cell: a whole piece of code. In Python the value of a last
     /// bare expression is printed, as in a notebook.
     pub fn exec(&mut self, code: &str) -> Result<Step> {
@@ -121,11 +147,18 @@ impl Session<'_> {
             return Ok(());
         }
         self.ended = true;
-        self.agent.send(&Request::Stdin { job: self.job, data: &[], end: true })?;
+        self.job.stdin(&[], true)?;
+        let deadline = Instant::now() + CLOSE_TIMEOUT;
         loop {
-            match self.agent.next_event_for(|e| crate::agent::event_job(e) == Some(self.job))? {
-                GuestEvent::Exited(_) | GuestEvent::Error { .. } => return Ok(()),
-                _ => {}
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.job.next(Some(left))? {
+                Some(GuestEvent::Exited(_) | GuestEvent::Error { .. }) => return Ok(()),
+                Some(_) => {}
+                None => {
+                    // A driver that ignores its end of file is killed.
+                    self.job.signal(Signal::Kill)?;
+                    return Ok(());
+                }
             }
         }
     }
@@ -137,8 +170,8 @@ impl Session<'_> {
         if code.contains('\0') {
             return Err(SessionError::Nul);
         }
-        let mut message = format!("{kind} {}\n", code.len()).into_bytes();
-        message.extend_from_slice(code.as_bytes());
+        let message = step_message(kind, code);
+        self.steps += 1;
         let mut sent = 0;
         let deadline = timeout.map(|t| Instant::now() + t);
         let mut interrupted: Option<Instant> = None;
@@ -146,11 +179,7 @@ impl Session<'_> {
         loop {
             while sent < message.len() && self.window > 0 {
                 let n = (message.len() - sent).min(self.window).min(proto::MAX_CHUNK);
-                self.agent.send(&Request::Stdin {
-                    job: self.job,
-                    data: &message[sent..sent + n],
-                    end: false,
-                })?;
+                self.job.stdin(&message[sent..sent + n], false)?;
                 sent += n;
                 self.window -= n;
             }
@@ -175,10 +204,10 @@ impl Session<'_> {
                 && now >= wake
             {
                 if interrupted.is_none() {
-                    self.agent.signal(self.job, 2)?;
+                    self.job.signal(Signal::Interrupt)?;
                     interrupted = Some(now);
                 } else {
-                    self.agent.signal(self.job, 9)?;
+                    self.job.signal(Signal::Kill)?;
                     self.end()?;
                     return Err(SessionError::Ended(Some(
                         "its step did not stop after SIGINT and was killed".into(),
@@ -187,7 +216,7 @@ impl Session<'_> {
                 continue;
             }
             let wait = wake.map_or(Duration::from_millis(500), |w| w - now).min(Duration::from_millis(500));
-            let Some(event) = self.agent.event_within(self.job, wait)? else { continue };
+            let Some(event) = self.job.next(Some(wait))? else { continue };
             match event {
                 GuestEvent::StdinTaken { bytes, .. } => self.window += bytes as usize,
                 GuestEvent::Output { stream, data, .. } => {
@@ -210,30 +239,66 @@ impl Session<'_> {
         }
     }
 
-    /// Where stream `i`'s marker starts, and the status it carries.
     fn find_marker(&self, i: usize) -> Option<(usize, Vec<u8>)> {
-        let buf = &self.streams[i];
-        let at = buf.windows(self.marker.len()).position(|w| w == self.marker)?;
-        let rest = &buf[at + self.marker.len()..];
-        let end = rest.iter().position(|&b| b == 0)?;
-        Some((at, rest[..end].to_vec()))
+        find_marker(&self.streams[i], &self.marker)
     }
 
-    /// Stream `i`'s bytes before its marker at `at`; the marker is dropped.
     fn take(&mut self, i: usize, at: usize) -> Vec<u8> {
-        let buf = &mut self.streams[i];
-        let marker_end = at
-            + self.marker.len()
-            + buf[at + self.marker.len()..].iter().position(|&b| b == 0).map_or(0, |n| n + 1);
-        let rest = buf.split_off(marker_end);
-        let mut before = std::mem::replace(buf, rest);
-        before.truncate(at);
-        before
+        take_before(&mut self.streams[i], &self.marker, at)
     }
 }
 
-impl Drop for Session<'_> {
+/// Where `marker` starts in `buf`, and the status it carries up to its NUL.
+fn find_marker(buf: &[u8], marker: &[u8]) -> Option<(usize, Vec<u8>)> {
+    let at = buf.windows(marker.len()).position(|w| w == marker)?;
+    let rest = &buf[at + marker.len()..];
+    let end = rest.iter().position(|&b| b == 0)?;
+    Some((at, rest[..end].to_vec()))
+}
+
+/// The bytes of `buf` before its marker at `at`; the marker goes, what
+/// follows it stays for the next step.
+fn take_before(buf: &mut Vec<u8>, marker: &[u8], at: usize) -> Vec<u8> {
+    let marker_end =
+        at + marker.len() + buf[at + marker.len()..].iter().position(|&b| b == 0).map_or(0, |n| n + 1);
+    let rest = buf.split_off(marker_end);
+    let mut before = std::mem::replace(buf, rest);
+    before.truncate(at);
+    before
+}
+
+impl Drop for Session {
     fn drop(&mut self) {
         let _ = self.end();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_step_is_its_kind_length_and_code() {
+        assert_eq!(step_message("exec", "print(1)\n"), b"exec 9\nprint(1)\n");
+        assert_eq!(step_message("push", ""), b"push 0\n");
+    }
+
+    #[test]
+    fn a_marker_is_found_with_its_status_only_when_whole() {
+        let marker = marker("ab12");
+        assert_eq!(marker, b"\0ab12:");
+        let mut buf = b"out\n\0ab12:0\0next".to_vec();
+        assert_eq!(find_marker(&buf, &marker), Some((4, b"0".to_vec())));
+        assert_eq!(find_marker(b"out\0ab12:1", &marker), None, "its status is not whole yet");
+        assert_eq!(find_marker(b"\0ab13:0\0", &marker), None, "another session's nonce");
+        assert_eq!(take_before(&mut buf, &marker, 4), b"out\n");
+        assert_eq!(buf, b"next", "what follows stays for the next step");
+    }
+
+    #[test]
+    fn an_incomplete_statement_says_more() {
+        let marker = marker("ff");
+        let (at, status) = find_marker(b"\0ff:more\0", &marker).unwrap();
+        assert_eq!((at, &status[..]), (0, &b"more"[..]));
     }
 }

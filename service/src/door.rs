@@ -1,0 +1,284 @@
+//! The one door between the API and the machines, as Firecracker's
+//! `VmmAction` is: the HTTP layer turns each request into one of these
+//! calls and never touches a VM itself. A run takes a VM from the pool,
+//! runs its job (uploads before, downloads after) on a blocking thread,
+//! streams its output if asked, and destroys the VM.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+use tokio::sync::mpsc;
+use vmhost::api::{self, Download, FieldError, RunRequest, RunResult, Timings};
+use vmhost::{AgentError, FileError, Stream};
+
+use crate::metrics::{Metrics, Outcome};
+use crate::pool::{Pool, PoolError, drop_vm};
+use crate::sessions::Sessions;
+
+/// How long past a job's own timeout the service waits for a silent
+/// guest before it counts the VM as lost.
+pub const GUEST_MARGIN: Duration = Duration::from_secs(30);
+
+/// A piece of a run's output, for a streaming response.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Chunk {
+    pub stream: Stream,
+    pub data: Vec<u8>,
+}
+
+/// Where a streaming run's output goes as it arrives.
+pub type ChunkSink = mpsc::Sender<Chunk>;
+
+/// Why a call through the door failed; each maps to one HTTP status.
+#[derive(Debug, thiserror::Error)]
+pub enum DoorError {
+    #[error(transparent)]
+    BadRequest(#[from] FieldError),
+    #[error("the guest refused the job: {0}")]
+    Refused(String),
+    #[error("no session {0}")]
+    NoSession(String),
+    #[error("the session has ended: {0}")]
+    SessionEnded(String),
+    #[error("{path}: {message}")]
+    File { path: String, message: String },
+    #[error(transparent)]
+    Busy(PoolError),
+    #[error("the service is shutting down")]
+    ShuttingDown,
+    #[error("the VM was lost mid-run: {0}")]
+    VmLost(String),
+    #[error("the client went away; the job was killed")]
+    Cancelled,
+    #[error("{0}")]
+    Failed(String),
+}
+
+impl DoorError {
+    /// The `kind` the API reports.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            DoorError::BadRequest(_) => "bad_request",
+            DoorError::Refused(_) => "refused",
+            DoorError::NoSession(_) => "no_session",
+            DoorError::SessionEnded(_) => "session_ended",
+            DoorError::File { .. } => "file",
+            DoorError::Busy(_) => "busy",
+            DoorError::ShuttingDown => "shutting_down",
+            DoorError::VmLost(_) => "vm_lost",
+            DoorError::Cancelled => "cancelled",
+            DoorError::Failed(_) => "failed",
+        }
+    }
+
+    pub fn outcome(&self) -> Outcome {
+        match self {
+            DoorError::BadRequest(_) | DoorError::Refused(_) | DoorError::File { .. } => Outcome::Refused,
+            DoorError::NoSession(_) | DoorError::SessionEnded(_) => Outcome::Refused,
+            DoorError::Busy(_) | DoorError::ShuttingDown => Outcome::Rejected,
+            DoorError::VmLost(_) => Outcome::VmLost,
+            DoorError::Cancelled => Outcome::Cancelled,
+            DoorError::Failed(_) => Outcome::Failed,
+        }
+    }
+}
+
+impl From<PoolError> for DoorError {
+    fn from(e: PoolError) -> Self {
+        match e {
+            PoolError::ShuttingDown => DoorError::ShuttingDown,
+            PoolError::Start(why) => DoorError::Failed(why),
+            busy => DoorError::Busy(busy),
+        }
+    }
+}
+
+/// A guest-side failure of a job, by whose fault it was.
+pub fn agent_error(e: &AgentError) -> DoorError {
+    match e {
+        AgentError::Refused { message, .. } => DoorError::Refused(message.clone()),
+        AgentError::InvalidJob(why) => DoorError::Refused(why.clone()),
+        other => DoorError::VmLost(vmhost::error::chain(other)),
+    }
+}
+
+pub fn file_error(path: &str, e: &FileError) -> DoorError {
+    match e {
+        FileError::Agent(agent) => agent_error(agent),
+        other => DoorError::File { path: path.to_owned(), message: other.to_string() },
+    }
+}
+
+/// Kills a run's QEMU if the run is abandoned before it ends (its client
+/// went away and the handler was dropped): the blocking thread then sees
+/// the connection close and gives the VM up.
+pub struct Abandon {
+    pid: Arc<AtomicU32>,
+    done: AtomicBool,
+    pub cancelled: Arc<AtomicBool>,
+}
+
+impl Abandon {
+    fn new() -> Abandon {
+        Abandon {
+            pid: Arc::new(AtomicU32::new(0)),
+            done: AtomicBool::new(false),
+            cancelled: Arc::new(AtomicBool::new(false)),
+        }
+    }
+
+    fn finish(&self) {
+        self.done.store(true, Ordering::Relaxed);
+    }
+}
+
+impl Drop for Abandon {
+    fn drop(&mut self) {
+        if !self.done.load(Ordering::Relaxed) {
+            self.cancelled.store(true, Ordering::Relaxed);
+            kill_qemu(self.pid.load(Ordering::Relaxed));
+        }
+    }
+}
+
+fn kill_qemu(pid: u32) {
+    if let Some(pid) = i32::try_from(pid).ok().and_then(rustix::process::Pid::from_raw) {
+        let _ = rustix::process::kill_process(pid, rustix::process::Signal::KILL);
+    }
+}
+
+/// One line on stderr and the metrics for each run, however it ends: a
+/// run whose client went away is dropped mid-way and reported here as
+/// cancelled.
+struct Report<'a> {
+    metrics: &'a Metrics,
+    run: u32,
+    language: &'static str,
+    began: Instant,
+    outcome: Option<(Outcome, String)>,
+}
+
+impl Drop for Report<'_> {
+    fn drop(&mut self) {
+        let (outcome, detail) = self.outcome.take().unwrap_or((Outcome::Cancelled, "the client went away".into()));
+        let ms = self.began.elapsed().as_secs_f64() * 1000.0;
+        self.metrics.count(outcome);
+        self.metrics.total_seconds.observe(ms / 1000.0);
+        tracing::info!(run = self.run, language = self.language, outcome = outcome.name(), ms = api::round_ms(ms), "{detail}");
+    }
+}
+
+/// The service's machines, behind one door.
+pub struct Door {
+    pub pool: Arc<Pool>,
+    pub sessions: Arc<Sessions>,
+    pub metrics: Arc<Metrics>,
+    pub vm: vmhost::VmConfig,
+    next_run: AtomicU32,
+}
+
+impl Door {
+    pub fn new(
+        pool: Arc<Pool>,
+        sessions: Arc<Sessions>,
+        metrics: Arc<Metrics>,
+        vm: vmhost::VmConfig,
+    ) -> Door {
+        Door { pool, sessions, metrics, vm, next_run: AtomicU32::new(1) }
+    }
+
+    /// One run in a fresh VM. Output goes to `sink` as it arrives when one
+    /// is given; the whole of it is in the result either way.
+    pub async fn run(&self, request: RunRequest, sink: Option<ChunkSink>) -> Result<RunResult, DoorError> {
+        let mut report = Report {
+            metrics: &self.metrics,
+            run: self.next_run.fetch_add(1, Ordering::Relaxed),
+            language: request.language.name(),
+            began: Instant::now(),
+            outcome: None,
+        };
+        let result = self.run_inner(request, sink, report.began).await;
+        report.outcome = Some(match &result {
+            Ok(r) if r.timed_out => (Outcome::TimedOut, format!("exit {}", r.exit_code)),
+            Ok(r) => (Outcome::Exited, format!("exit {}", r.exit_code)),
+            Err(e) => (e.outcome(), e.to_string()),
+        });
+        result
+    }
+
+    async fn run_inner(
+        &self,
+        request: RunRequest,
+        sink: Option<ChunkSink>,
+        began: Instant,
+    ) -> Result<RunResult, DoorError> {
+        // Every refusal of the input comes before any VM is touched.
+        let (job, uploads) = request.check()?;
+        let lease = self.pool.take().await?;
+        let handed = began.elapsed();
+        self.metrics.queue_seconds.observe(handed.as_secs_f64());
+        self.metrics.handout_seconds.observe(handed.as_secs_f64());
+        let abandon = Abandon::new();
+        abandon.pid.store(lease.vm.pid(), Ordering::Relaxed);
+        let cancelled = Arc::clone(&abandon.cancelled);
+        let pid = Arc::clone(&abandon.pid);
+        let metrics = Arc::clone(&self.metrics);
+        let downloads = request.download.clone();
+        let blocking = tokio::task::spawn_blocking(move || {
+            let mut lease = lease;
+            let vm = &mut lease.vm;
+            let start = lease.start;
+            let result = (|| -> Result<(RunResult, f64), DoorError> {
+                for upload in &uploads {
+                    vm.write_file(&upload.path, &upload.data, upload.mode)
+                        .map_err(|e| file_error(&upload.path, &e))?;
+                }
+                let patience = job.timeout.map(|t| t + GUEST_MARGIN);
+                vm.agent().set_timeout(patience).map_err(|e| agent_error(&e))?;
+                let sent = Instant::now();
+                let outcome = vm.agent().run(&job, |stream, data| {
+                    if let Some(sink) = &sink
+                        && sink.blocking_send(Chunk { stream, data: data.to_vec() }).is_err()
+                    {
+                        // The reader went away: the run is over for it.
+                        cancelled.store(true, Ordering::Relaxed);
+                        kill_qemu(pid.load(Ordering::Relaxed));
+                    }
+                });
+                let exec_ms = sent.elapsed().as_secs_f64() * 1000.0;
+                let outcome = outcome.map_err(|e| agent_error(&e))?;
+                let mut files = Vec::new();
+                for path in &downloads {
+                    let data = vm.read_file(path).map_err(|e| file_error(path, &e))?;
+                    files.push(Download { path: path.clone(), content: api::base64(&data) });
+                }
+                let times = vm.times();
+                let timings = Timings {
+                    boot_ms: handed.as_secs_f64() * 1000.0,
+                    exec_ms,
+                    total_ms: began.elapsed().as_secs_f64() * 1000.0,
+                    kernel_ms: times.kernel_ms,
+                    init_ms: times.init_ms,
+                };
+                let mut result = RunResult::new(&outcome, start, vm.accel().name(), timings);
+                result.files = files;
+                Ok((result, exec_ms))
+            })();
+            drop_vm(lease.vm, &metrics);
+            drop(lease.slot);
+            result
+        });
+        let joined = blocking.await;
+        abandon.finish();
+        if abandon.cancelled.load(Ordering::Relaxed) {
+            return Err(DoorError::Cancelled);
+        }
+        let (result, exec_ms) = match joined {
+            Ok(result) => result?,
+            Err(e) => return Err(DoorError::Failed(format!("the run's thread failed: {e}"))),
+        };
+        self.metrics.exec_seconds.observe(exec_ms / 1000.0);
+        Ok(result)
+    }
+}

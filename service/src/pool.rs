@@ -1,0 +1,341 @@
+//! The warm pool: VMs restored from the template, refreshed and warmed (a
+//! Python and a shell job have run, so the new QEMU's translation cache is
+//! filled before a request pays for it), kept ready to hand out. Each run
+//! takes one and it is destroyed after. Every VM holds a [`Slot`] of the
+//! service's capacity for its life; a run that finds no warm VM restores one
+//! on demand if a slot is free, else waits, bounded, in the queue.
+
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
+use vmhost::api::StartKind;
+use vmhost::{Job, Start, Vm, VmConfig};
+
+use crate::metrics::Metrics;
+
+/// How long a pooled VM has to answer its ping before hand-out.
+const PING_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// How long a warm-up job may take: a first Python job in a new QEMU
+/// takes ~300 ms under TCG; a loaded host gets a wide margin.
+const WARM_UP_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Host memory a VM needs beyond its guest RAM (QEMU itself, page tables).
+const QEMU_OVERHEAD_MB: u64 = 64;
+
+/// After a failed VM start, how long the pool waits before trying again.
+const RETRY_BACKOFF: Duration = Duration::from_secs(2);
+
+/// The Python warm-up: the interpreter's start, `print` and an import
+/// most jobs make, so their translated code is hot.
+const WARM_UP_PYTHON: &str = "import os, sys, json\nprint('warm')";
+
+/// One unit of capacity (`--max-vms`), held by a VM for its life; giving
+/// it back wakes whoever waits for one.
+pub struct Slot {
+    _permit: OwnedSemaphorePermit,
+    freed: Arc<Notify>,
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.freed.notify_waiters();
+    }
+}
+
+/// A VM a run or session owns, with its slot.
+pub struct Lease {
+    pub vm: Vm,
+    pub slot: Slot,
+    pub start: StartKind,
+}
+
+/// Why no VM could be had.
+#[derive(Debug, thiserror::Error)]
+pub enum PoolError {
+    #[error("every VM is busy and {0} runs are already waiting")]
+    QueueFull(usize),
+    #[error("no VM became free within {} s", .0.as_secs())]
+    QueueTimeout(Duration),
+    #[error("the service is shutting down")]
+    ShuttingDown,
+    #[error("not enough host memory for another VM ({available_mb} MiB available, {needed_mb} MiB needed)")]
+    Memory { available_mb: u64, needed_mb: u64 },
+    #[error("cannot start a VM: {0}")]
+    Start(String),
+}
+
+/// The pool's figures, for health.
+#[derive(Debug, Clone, Copy, serde::Serialize)]
+pub struct PoolState {
+    pub ready: usize,
+    pub warming: usize,
+    pub in_use: usize,
+    pub capacity: usize,
+    pub target: usize,
+    pub waiting: usize,
+    pub queue_limit: usize,
+}
+
+pub struct Pool {
+    config: VmConfig,
+    target: usize,
+    capacity: usize,
+    queue_limit: usize,
+    queue_timeout: Duration,
+    ready: Mutex<VecDeque<Lease>>,
+    slots: Arc<Semaphore>,
+    /// A slot was freed or a VM became ready.
+    changed: Arc<Notify>,
+    warming: AtomicUsize,
+    waiting: AtomicUsize,
+    closing: AtomicBool,
+    metrics: Arc<Metrics>,
+}
+
+impl Pool {
+    pub fn new(
+        config: VmConfig,
+        target: usize,
+        capacity: usize,
+        queue_limit: usize,
+        queue_timeout: Duration,
+        metrics: Arc<Metrics>,
+    ) -> Arc<Pool> {
+        let capacity = capacity.max(1);
+        Arc::new(Pool {
+            config,
+            target: target.min(capacity),
+            capacity,
+            queue_limit,
+            queue_timeout,
+            ready: Mutex::new(VecDeque::new()),
+            slots: Arc::new(Semaphore::new(capacity)),
+            changed: Arc::new(Notify::new()),
+            warming: AtomicUsize::new(0),
+            waiting: AtomicUsize::new(0),
+            closing: AtomicBool::new(false),
+            metrics,
+        })
+    }
+
+    pub fn state(&self) -> PoolState {
+        let ready = self.ready.lock().map(|r| r.len()).unwrap_or(0);
+        let warming = self.warming.load(Ordering::Relaxed);
+        let held = self.capacity - self.slots.available_permits();
+        PoolState {
+            ready,
+            warming,
+            in_use: held.saturating_sub(ready + warming),
+            capacity: self.capacity,
+            target: self.target,
+            waiting: self.waiting.load(Ordering::Relaxed),
+            queue_limit: self.queue_limit,
+        }
+    }
+
+    fn slot(&self) -> Option<Slot> {
+        let permit = Arc::clone(&self.slots).try_acquire_owned().ok()?;
+        Some(Slot { _permit: permit, freed: Arc::clone(&self.changed) })
+    }
+
+    /// Keeps the pool at its target until [`Pool::close`]: started once,
+    /// runs for the service's life.
+    pub async fn refill(self: Arc<Pool>) {
+        loop {
+            if self.closing.load(Ordering::Relaxed) {
+                return;
+            }
+            let state = self.state();
+            // Runs waiting take free slots first: they are owed a VM now.
+            let short = state.ready + state.warming < self.target && state.waiting == 0;
+            let slot = if short { self.slot() } else { None };
+            let Some(slot) = slot else {
+                let changed = self.changed.notified();
+                let _ = tokio::time::timeout(Duration::from_millis(500), changed).await;
+                continue;
+            };
+            self.warming.fetch_add(1, Ordering::Relaxed);
+            self.metrics.pool_warming.set(self.warming.load(Ordering::Relaxed) as i64);
+            let pool = Arc::clone(&self);
+            let made = tokio::task::spawn_blocking(move || pool.start_vm(true)).await;
+            self.warming.fetch_sub(1, Ordering::Relaxed);
+            self.metrics.pool_warming.set(self.warming.load(Ordering::Relaxed) as i64);
+            match made {
+                Ok(Ok((vm, start))) => {
+                    if self.closing.load(Ordering::Relaxed) {
+                        drop_vm(vm, &self.metrics);
+                        return;
+                    }
+                    self.push(Lease { vm, slot, start });
+                }
+                Ok(Err(e)) => {
+                    tracing::warn!(error = %e, "pool: cannot start a VM; retrying");
+                    drop(slot);
+                    tokio::time::sleep(RETRY_BACKOFF).await;
+                }
+                Err(_) => drop(slot),
+            }
+        }
+    }
+
+    fn push(&self, lease: Lease) {
+        if let Ok(mut ready) = self.ready.lock() {
+            ready.push_back(lease);
+            self.metrics.pool_ready.set(ready.len() as i64);
+        }
+        self.changed.notify_waiters();
+    }
+
+    fn pop(&self) -> Option<Lease> {
+        let mut ready = self.ready.lock().ok()?;
+        let lease = ready.pop_front();
+        self.metrics.pool_ready.set(ready.len() as i64);
+        lease
+    }
+
+    /// A checked VM for one run or session: a warm one from the pool, else
+    /// one restored now if a slot is free, else the first to free up
+    /// within the queue's deadline.
+    pub async fn take(self: &Arc<Pool>) -> Result<Lease, PoolError> {
+        let deadline = Instant::now() + self.queue_timeout;
+        let mut queued = false;
+        let result = loop {
+            if self.closing.load(Ordering::Relaxed) {
+                break Err(PoolError::ShuttingDown);
+            }
+            // Registered before looking, so a change in between is not lost.
+            let changed = self.changed.notified();
+            tokio::pin!(changed);
+            changed.as_mut().enable();
+            if let Some(lease) = self.pop() {
+                match self.check(lease).await {
+                    Some(lease) => break Ok(lease),
+                    None => continue,
+                }
+            }
+            if let Some(slot) = self.slot() {
+                let pool = Arc::clone(self);
+                let made = tokio::task::spawn_blocking(move || pool.start_vm(false)).await;
+                break match made {
+                    Ok(Ok((vm, start))) => Ok(Lease { vm, slot, start }),
+                    Ok(Err(e)) => Err(e),
+                    Err(e) => Err(PoolError::Start(e.to_string())),
+                };
+            }
+            if !queued {
+                if self.waiting.load(Ordering::Relaxed) >= self.queue_limit {
+                    break Err(PoolError::QueueFull(self.queue_limit));
+                }
+                queued = true;
+                self.waiting.fetch_add(1, Ordering::Relaxed);
+                self.metrics.queue_depth.inc();
+            }
+            if tokio::time::timeout_at(deadline.into(), changed).await.is_err() {
+                break Err(PoolError::QueueTimeout(self.queue_timeout));
+            }
+        };
+        if queued {
+            self.waiting.fetch_sub(1, Ordering::Relaxed);
+            self.metrics.queue_depth.dec();
+        }
+        // A refill waits while runs wait; tell it the queue moved.
+        self.changed.notify_waiters();
+        result
+    }
+
+    /// A pooled VM that died or stopped answering is never handed out.
+    async fn check(&self, mut lease: Lease) -> Option<Lease> {
+        let checked = tokio::task::spawn_blocking(move || {
+            let alive = !lease.vm.has_exited()
+                && lease.vm.agent().set_timeout(Some(PING_TIMEOUT)).is_ok()
+                && lease.vm.agent().ping().is_ok();
+            (alive, lease)
+        })
+        .await;
+        match checked {
+            Ok((true, lease)) => Some(Lease { start: StartKind::Pooled, ..lease }),
+            Ok((false, lease)) => {
+                tracing::warn!(pid = lease.vm.pid(), "pool: a warm VM did not answer; replaced");
+                self.metrics.discarded.inc();
+                let metrics = Arc::clone(&self.metrics);
+                tokio::task::spawn_blocking(move || drop_vm(lease.vm, &metrics));
+                None
+            }
+            Err(_) => None,
+        }
+    }
+
+    /// Restores (or boots) a VM and, for the pool, warms it up.
+    fn start_vm(&self, warm: bool) -> Result<(Vm, StartKind), PoolError> {
+        let needed_mb = u64::from(self.config.memory_mb) + QEMU_OVERHEAD_MB;
+        if let Some(available_mb) = available_memory_mb()
+            && available_mb < needed_mb
+        {
+            return Err(PoolError::Memory { available_mb, needed_mb });
+        }
+        let mut vm = Vm::boot(&self.config).map_err(|e| {
+            self.metrics.restore_failures.inc();
+            PoolError::Start(vmhost::error::chain(&e))
+        })?;
+        self.metrics.vms_running.inc();
+        let start = match vm.start() {
+            Start::Restored => {
+                self.metrics.restores.inc();
+                StartKind::Restored
+            }
+            Start::Cold => {
+                self.metrics.cold_boots.inc();
+                if let Some(why) = vm.fallback() {
+                    tracing::warn!(reason = %why, "booted a VM cold");
+                }
+                StartKind::Cold
+            }
+        };
+        if warm && let Err(e) = warm_up(&mut vm) {
+            self.metrics.restore_failures.inc();
+            drop_vm(vm, &self.metrics);
+            return Err(PoolError::Start(format!("the warm-up failed: {e}")));
+        }
+        Ok((vm, start))
+    }
+
+    /// Stops refilling and destroys every pooled VM.
+    pub fn close(&self) {
+        self.closing.store(true, Ordering::Relaxed);
+        self.changed.notify_waiters();
+        while let Some(lease) = self.pop() {
+            drop_vm(lease.vm, &self.metrics);
+        }
+    }
+}
+
+/// A warm-up job of each language, each of which must exit 0.
+fn warm_up(vm: &mut Vm) -> Result<(), String> {
+    let agent = vm.agent();
+    agent.set_timeout(Some(WARM_UP_TIMEOUT)).map_err(|e| e.to_string())?;
+    for job in [Job::python(WARM_UP_PYTHON), Job::shell("echo warm")] {
+        let outcome = agent.run(&job, |_, _| {}).map_err(|e| vmhost::error::chain(&e))?;
+        if outcome.code() != 0 {
+            return Err(format!("a warm-up job exited with {}", outcome.code()));
+        }
+    }
+    agent.set_timeout(None).map_err(|e| e.to_string())
+}
+
+/// Ends a VM at once: it is never used again, and nothing of it is kept.
+pub fn drop_vm(vm: Vm, metrics: &Metrics) {
+    vm.kill();
+    metrics.vms_running.dec();
+}
+
+/// The host's available memory in MiB, from /proc/meminfo.
+fn available_memory_mb() -> Option<u64> {
+    let meminfo = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let line = meminfo.lines().find(|l| l.starts_with("MemAvailable:"))?;
+    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb / 1024)
+}

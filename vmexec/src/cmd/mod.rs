@@ -1,0 +1,6 @@
+//! One module per command.
+
+pub mod repl;
+pub mod run;
+pub mod serve;
+pub mod template;
