@@ -1,15 +1,12 @@
 //! Shell jobs behave like scripts run in a terminal of a Debian 12 machine:
 //! `#!` lines run by the kernel, bash for code without one, a byte order
 //! mark ignored, the paths scripts expect. One restored VM for all cases.
-//! Needs the guest image (`just image`).
 
-mod common;
-
-use common::{restored_vm, template_ready, text, vm_run};
+use common::{restored_vm, run, text};
 use vmhost::{Job, Vm};
 
 fn shell(vm: &mut Vm, code: &str) -> (String, String, i32) {
-    let out = vm_run(vm, &Job::shell(code));
+    let out = run(vm, &Job::shell(code));
     (text(&out.stdout), text(&out.stderr), out.code())
 }
 
@@ -53,7 +50,7 @@ declare -A m=([k]=v); echo "${m[k]}"
     assert_eq!(shell(&mut vm, bash), ("bash 5 two three\npipefail 1\nv\n".into(), String::new(), 0));
 
     // Python's own byte order mark handling is unchanged.
-    let out = vm_run(&mut vm, &Job::python("\u{feff}print('py bom')"));
+    let out = run(&mut vm, &Job::python("\u{feff}print('py bom')"));
     assert_eq!((text(&out.stdout), out.code()), ("py bom\n".into(), 0));
     vm.shutdown();
 }
@@ -75,25 +72,7 @@ echo x > /var/tmp/probe && cat /var/tmp/probe
                  libc = ctypes.CDLL(None, use_errno=True)\n\
                  r = libc.mount(b'none', b'/mnt', b'tmpfs', 0, None)\n\
                  print(r, os.strerror(ctypes.get_errno()))";
-    let out = vm_run(&mut vm, &Job::python(mount));
+    let out = run(&mut vm, &Job::python(mount));
     assert_eq!(text(&out.stdout), "-1 Operation not permitted\n", "{}", text(&out.stderr));
     vm.shutdown();
-}
-
-#[test]
-fn vmexec_runs_a_script_file_by_its_shebang() {
-    template_ready();
-    let dir = tempfile::tempdir().unwrap();
-    let script = dir.path().join("count");
-    std::fs::write(
-        &script,
-        "#!/usr/bin/awk -f\nBEGIN { for (i = 1; i <= 3; i++) printf \"%d \", i; print \"\" }\n",
-    )
-    .unwrap();
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_vmexec"))
-        .args(["run", script.to_str().unwrap()])
-        .output()
-        .unwrap();
-    assert_eq!(text(&out.stdout), "1 2 3 \n", "{}", text(&out.stderr));
-    assert!(out.status.success());
 }

@@ -1,15 +1,10 @@
 //! Stateful sessions in a VM: steps that share one interpreter, each with
 //! its own output and status; timeouts that interrupt a step, not the
-//! session; `vmexec repl` fed from a pipe. Needs the guest image
-//! (`just image`).
+//! session.
 
-mod common;
-
-use std::io::Write;
-use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use common::{restored_vm, template_ready, text};
+use common::{restored_vm, text};
 use vmhost::{Lang, SessionError, Step};
 
 fn out(step: &Step) -> (String, String, i32) {
@@ -82,36 +77,4 @@ fn a_shell_session_keeps_cwd_env_and_functions() {
     let left = vm.agent().run(&vmhost::Job::shell("ps -o args | grep -c '^sleep 1000'"), |_, _| {}).unwrap();
     assert_eq!(text(&left.stdout), "0\n");
     vm.shutdown();
-}
-
-fn repl(args: &[&str], input: &str) -> (String, String, Option<i32>) {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_vmexec"))
-        .arg("repl")
-        .args(args)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    child.stdin.take().unwrap().write_all(input.as_bytes()).unwrap();
-    let out = child.wait_with_output().unwrap();
-    (text(&out.stdout), text(&out.stderr), out.status.code())
-}
-
-#[test]
-fn vmexec_repl_from_a_pipe() {
-    template_ready();
-    let (stdout, stderr, code) = repl(&[], "x = 41\nprint(x + 1)\n");
-    assert_eq!((stdout.as_str(), code), ("42\n", Some(0)), "{stderr}");
-    // A block runs once complete; expressions echo as in `python3 -i`;
-    // an error does not end the session; the status is the last step's.
-    let input =
-        "for i in range(2):\n    print(i)\n\nx = 6\nx * 7\n1/0\nprint('alive')\nraise SystemExit(3)\n";
-    let (stdout, stderr, code) = repl(&["-l", "python"], input);
-    assert_eq!((stdout.as_str(), code), ("0\n1\n42\nalive\n", Some(3)), "{stderr}");
-    assert!(stderr.contains("ZeroDivisionError"), "{stderr}");
-
-    let input = "cd /tmp\nexport A=7\necho $A $(pwd)\nif true; then\n  echo inside\nfi\n";
-    let (stdout, stderr, code) = repl(&["-l", "sh"], input);
-    assert_eq!((stdout.as_str(), code), ("7 /tmp\ninside\n", Some(0)), "{stderr}");
 }

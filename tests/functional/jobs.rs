@@ -1,16 +1,14 @@
-//! What a job does, end to end through the real init binary: output, exit
-//! codes, limits, timeouts, big code, concurrency.
-
-mod common;
+//! What a job does, end to end through the real init binary on this host:
+//! output, exit codes, limits, timeouts, big code, concurrency, stdin.
 
 use std::time::Duration;
 
-use common::{Init, LEFTOVERS, Mode, Python, text};
+use common::{Init, LEFTOVERS, Mode, Options, Python, both_paths, text};
 use proto::{Exit, Stream};
 use vmhost::{GuestEvent, Job};
 
 fn python_and_shell_hello(py: Python) {
-    let mut init = Init::start_on(py, Mode::Subreaper);
+    let mut init = Init::start(Options { python: py, ..Options::default() });
     let out = init.python("print('hello from python')");
     assert_eq!(text(&out.stdout), "hello from python\n");
     assert_eq!((out.exit, out.stderr.len()), (Exit::Code(0), 0));
@@ -22,7 +20,7 @@ fn python_and_shell_hello(py: Python) {
 }
 
 fn exit_codes_and_signals(py: Python) {
-    let mut init = Init::start_on(py, Mode::Subreaper);
+    let mut init = Init::start(Options { python: py, ..Options::default() });
     assert_eq!(init.shell("exit 3").code(), 3);
     assert_eq!(init.python("import sys; sys.exit(42)").code(), 42);
     let out = init.python("raise SystemExit('bad')");
@@ -36,7 +34,7 @@ fn exit_codes_and_signals(py: Python) {
 }
 
 fn output_streams_in_order_as_produced(py: Python) {
-    let mut init = Init::start_on(py, Mode::Subreaper);
+    let mut init = Init::start(Options { python: py, ..Options::default() });
     // The job writes its next line only once the host has seen the previous
     // one: output must reach the host while the job still runs, in order.
     let acks = init.home.path().to_owned();
@@ -73,7 +71,7 @@ fn output_streams_in_order_as_produced(py: Python) {
 }
 
 fn output_is_byte_exact_up_to_one_mib(py: Python) {
-    let mut init = Init::start_on(py, Mode::Subreaper);
+    let mut init = Init::start(Options { python: py, ..Options::default() });
     let out = init.python("import sys; sys.stdout.buffer.write(bytes(range(256)) * 4096)");
     let want: Vec<u8> = (0..=255u8).cycle().take(1 << 20).collect();
     assert_eq!(out.stdout.len(), 1 << 20);
@@ -84,7 +82,7 @@ fn output_is_byte_exact_up_to_one_mib(py: Python) {
 }
 
 fn output_past_the_limit_is_dropped_and_flagged(py: Python) {
-    let mut init = Init::start_on(py, Mode::Subreaper);
+    let mut init = Init::start(Options { python: py, ..Options::default() });
     let mut job = Job::python("import sys; sys.stdout.write('x' * 5000); sys.stderr.write('y' * 10)");
     job.stdout_limit = 1000;
     job.stderr_limit = 5;
@@ -99,7 +97,7 @@ fn output_past_the_limit_is_dropped_and_flagged(py: Python) {
 }
 
 fn timeout_kills_the_whole_tree_and_keeps_partial_output(py: Python) {
-    let mut init = Init::start_on(py, Mode::Pid1);
+    let mut init = Init::start(Options { mode: Mode::Pid1, python: py, ..Options::default() });
     let mut job = Job::shell(
         "echo started; sh -c 'sleep 100; echo never' & sleep 100 & \
          python3 -c 'import subprocess; subprocess.Popen([\"sleep\", \"100\"]); subprocess.run([\"sleep\", \"100\"])' & \
@@ -117,7 +115,7 @@ fn timeout_kills_the_whole_tree_and_keeps_partial_output(py: Python) {
 }
 
 fn sigterm_ignoring_job_is_killed_after_the_grace(py: Python) {
-    let mut init = Init::start_on(py, Mode::Subreaper);
+    let mut init = Init::start(Options { python: py, ..Options::default() });
     let mut job = Job::python(
         "import signal, time\nsignal.signal(signal.SIGTERM, signal.SIG_IGN)\nprint('up', flush=True)\ntime.sleep(100)",
     );
@@ -128,7 +126,7 @@ fn sigterm_ignoring_job_is_killed_after_the_grace(py: Python) {
 }
 
 fn background_process_holding_stdout_does_not_hang_the_job(py: Python) {
-    let mut init = Init::start_on(py, Mode::Pid1);
+    let mut init = Init::start(Options { mode: Mode::Pid1, python: py, ..Options::default() });
     let out = init.shell("sleep 100 & echo done");
     assert_eq!((text(&out.stdout), out.exit, out.timed_out), ("done\n".into(), Exit::Code(0), false));
     // The holder was killed with the job's group: no process of the job
@@ -139,7 +137,7 @@ fn background_process_holding_stdout_does_not_hang_the_job(py: Python) {
 }
 
 fn code_of_one_mib_runs(py: Python) {
-    let mut init = Init::start_on(py, Mode::Subreaper);
+    let mut init = Init::start(Options { python: py, ..Options::default() });
     let line = "x = 'a fairly long line of python that assigns a string'\n";
     let mut code = line.repeat((proto::MAX_CODE as usize - 100) / line.len());
     code.push_str("print(len(open('/proc/self/fd/3').read()))\n");
@@ -152,7 +150,7 @@ fn code_of_one_mib_runs(py: Python) {
 }
 
 fn jobs_run_concurrently(py: Python) {
-    let mut init = Init::start_on(py, Mode::Subreaper);
+    let mut init = Init::start(Options { python: py, ..Options::default() });
     let dir = init.home.path().to_owned();
     // The first job can only finish if the second runs at the same time.
     let waiter = Job::python(format!(
@@ -176,7 +174,7 @@ fn jobs_run_concurrently(py: Python) {
 }
 
 fn signal_request_reaches_the_job(py: Python) {
-    let mut init = Init::start_on(py, Mode::Subreaper);
+    let mut init = Init::start(Options { python: py, ..Options::default() });
     let id = init.agent.submit(&Job::shell("echo ready; sleep 100")).unwrap();
     // Wait until it runs, then kill it.
     loop {
@@ -186,7 +184,7 @@ fn signal_request_reaches_the_job(py: Python) {
             other => panic!("unexpected {other:?}"),
         }
     }
-    init.agent.signal(id, 9).unwrap();
+    init.agent.signal(id, vmhost::Signal::Kill).unwrap();
     let out = init.agent.wait_job(id, &mut |_, _| {}).unwrap();
     assert_eq!((out.exit, out.timed_out), (Exit::Signal(9), false));
 }
@@ -195,7 +193,7 @@ fn signal_request_reaches_the_job(py: Python) {
 /// the code's lines and no frame of the machinery, exit codes, atexit,
 /// KeyboardInterrupt on SIGINT.
 fn python_runs_code_as_python3_file_does(py: Python) {
-    let mut init = Init::start_on(py, Mode::Subreaper);
+    let mut init = Init::start(Options { python: py, ..Options::default() });
     let out = init.python(
         "import sys, atexit\n\
          atexit.register(lambda: print('atexit ran'))\n\
@@ -228,7 +226,7 @@ fn python_runs_code_as_python3_file_does(py: Python) {
             break;
         }
     }
-    init.agent.signal(id, 2).unwrap();
+    init.agent.signal(id, vmhost::Signal::Interrupt).unwrap();
     let out = init.agent.wait_job(id, &mut |_, _| {}).unwrap();
     // What follows the first chunk of "up\n" (print may write it in two).
     assert_eq!(text(&out.stdout).trim_start(), "interrupted\n");
@@ -237,7 +235,7 @@ fn python_runs_code_as_python3_file_does(py: Python) {
 }
 
 fn env_cwd_home_and_stdin(py: Python) {
-    let mut init = Init::start_on(py, Mode::Subreaper);
+    let mut init = Init::start(Options { python: py, ..Options::default() });
     let mut job = Job::shell("echo \"$GREETING|$HOME|$(pwd)|$PATH\"; cat; echo end");
     job.env = vec![("GREETING".into(), "hi there".into()), ("PATH".into(), "/bin:/usr/bin".into())];
     job.cwd = Some("/tmp".into());
@@ -252,7 +250,7 @@ fn env_cwd_home_and_stdin(py: Python) {
 /// on both Python paths and in shell; a job that never reads its stdin
 /// holds up no other job; stdin misuse is refused with a reason.
 fn stdin_streams_to_the_job(py: Python) {
-    let mut init = Init::start_on(py, Mode::Subreaper);
+    let mut init = Init::start(Options { python: py, ..Options::default() });
     // 1 MiB plus a bit: many windows' worth, a partial last chunk.
     let data: Vec<u8> = (0..(1 << 20) + 12_345).map(|i: u32| (i * 7 % 251).to_le_bytes()[0]).collect();
     let digest = |bytes: &[u8]| {
@@ -286,7 +284,7 @@ fn stdin_streams_to_the_job(py: Python) {
         matches!(&refused, GuestEvent::Error { job: Some(j), message, .. } if *j == sleeper && message.contains("STDIN_WINDOW")),
         "{refused:?}"
     );
-    init.agent.signal(sleeper, 9).unwrap();
+    init.agent.signal(sleeper, vmhost::Signal::Kill).unwrap();
     let out = init.agent.wait_job(sleeper, &mut |_, _| {}).unwrap();
     assert_eq!(out.code(), 137);
 
@@ -295,7 +293,7 @@ fn stdin_streams_to_the_job(py: Python) {
     init.agent.send(&proto::Request::Stdin { job, data: b"x", end: true }).unwrap();
     let refused = init.agent.wait_job(job, &mut |_, _| {}).unwrap_err().to_string();
     assert!(refused.contains("not started with stdin"), "{refused}");
-    init.agent.signal(job, 9).unwrap();
+    init.agent.signal(job, vmhost::Signal::Kill).unwrap();
     init.agent.wait_job(job, &mut |_, _| {}).unwrap();
     assert_eq!(init.agent.ping().unwrap().jobs_active, 0);
 }
@@ -303,8 +301,9 @@ fn stdin_streams_to_the_job(py: Python) {
 // No python3, no zygote: the exec path only.
 #[test]
 fn missing_interpreter_exits_127_with_a_message() {
-    let py = Python::Exec;
-    let mut init = Init::start_with_on(py, Mode::Subreaper, &["--python", "/nonexistent/python3"]);
+    let options =
+        Options { python: Python::Exec, flags: &["--python", "/nonexistent/python3"], ..Options::default() };
+    let mut init = Init::start(options);
     let out = init.python("print(1)");
     assert_eq!(out.code(), 127);
     assert!(text(&out.stderr).contains("cannot execute \"/nonexistent/python3\""), "{}", text(&out.stderr));
@@ -312,7 +311,7 @@ fn missing_interpreter_exits_127_with_a_message() {
 }
 
 fn end_of_the_port_shuts_the_init_down(py: Python) {
-    let init = Init::start_on(py, Mode::Subreaper);
+    let init = Init::start(Options { python: py, ..Options::default() });
     let status = init.shutdown();
     assert!(status.success(), "{status}");
 }
@@ -320,7 +319,7 @@ fn end_of_the_port_shuts_the_init_down(py: Python) {
 /// The paths are what they say: a forked job finds the zygote's modules
 /// loaded, an exec'd one (or one that asks for `fresh`) does not.
 fn python_jobs_take_the_path_asked_for(py: Python) {
-    let mut init = Init::start_on(py, Mode::Subreaper);
+    let mut init = Init::start(Options { python: py, ..Options::default() });
     let probe = "import sys; print('json' in sys.modules)";
     let forked = if py == Python::Zygote { "True\n" } else { "False\n" };
     assert_eq!(text(&init.python(probe).stdout), forked);
@@ -331,89 +330,7 @@ fn python_jobs_take_the_path_asked_for(py: Python) {
     assert_eq!(text(&init.run(&hashseed).stdout), "False\n", "PYTHON* variables take the exec path");
 }
 
-/// A host that stops reading stalls only itself: for 10 s it reads nothing
-/// while a job floods its output, and meanwhile another job's timeout
-/// fires on time and orphans are reaped; then every byte arrives, in order.
-/// (Checked to fail when a full send queue waits for the host, as it once
-/// did: the pings' answers filled it, and the timed job lasted the stall.)
-fn a_host_that_stops_reading_stalls_only_itself(py: Python) {
-    let mut init = Init::start_on(py, Mode::Subreaper);
-    let lines = 1_000_000;
-    let mut flood = Job::python(format!(
-        "import sys\nw = sys.stdout.write\nfor i in range({lines}):\n    w(f'{{i}}\\n')"
-    ));
-    flood.stdout_limit = 64 << 20;
-    let flood = init.agent.submit(&flood).unwrap();
-    // End at once, 60 KB each still in their pipes (which hold 64 KB):
-    // the init must neither wait for the host to take it nor drop it.
-    let bursts: Vec<u32> = (0..2)
-        .map(|_| init.agent.submit(&Job::python("import sys; sys.stdout.write('x' * 60_000)")).unwrap())
-        .collect();
-    let mut sleeper = Job::shell("sleep 100");
-    // After the bursts have ended (1.5 s with the drain grace).
-    sleeper.timeout = Some(Duration::from_secs(2));
-    let sleeper = init.agent.submit(&sleeper).unwrap();
-    // Orphans, and their zombies gone while the host still is not reading.
-    let reaped = init
-        .agent
-        .submit(&Job::python(format!(
-            "{}\nimport os, time\nfor _ in range(50):\n    z = 0\n    for p in os.listdir('/proc'):\n        try:\n            s = open(f'/proc/{{p}}/status').read()\n        except OSError:\n            continue\n        z += 'State:\\tZ' in s and f'PPid:\\t{{os.getppid()}}\\n' in s\n    if z == 0:\n        break\n    time.sleep(0.1)\nprint('zombies', z)",
-            common::double_forks(10)
-        )))
-        .unwrap();
-    // And pings it cannot answer while the host does not read: it takes
-    // what it has room to answer, the rest waits in the port.
-    let pings: Vec<u8> =
-        (0..PINGS).flat_map(|seq| postcard::to_stdvec_cobs(&proto::Request::Ping { seq }).unwrap()).collect();
-    init.agent.send_raw(&pings).unwrap();
-    let cpu = init.cpu_time();
-    std::thread::sleep(Duration::from_secs(10));
-    // Waiting, not spinning: ended jobs' pipes, which epoll reports as hung
-    // up whatever the interest, are out of the epoll set while the host is
-    // not reading (they kept the loop busy for the whole stall once).
-    let spent = init.cpu_time() - cpu;
-    assert!(spent < Duration::from_secs(2), "the init used {spent:?} of CPU in a 10 s stall");
-
-    let out = init.agent.wait_job(sleeper, &mut |_, _| {}).unwrap();
-    assert!(out.timed_out);
-    // Its end is when its leader died, not a drain grace (500 ms) later
-    // while its pipes wait for the host.
-    assert!(out.duration < Duration::from_millis(2400), "the timeout fired after {:?}", out.duration);
-    let out = init.agent.wait_job(reaped, &mut |_, _| {}).unwrap();
-    assert_eq!(text(&out.stdout), "SPAWNED:10\nzombies 0\n", "{:?} {}", out.exit, text(&out.stderr));
-    for burst in bursts {
-        let out = init.agent.wait_job(burst, &mut |_, _| {}).unwrap();
-        assert!(out.stdout == vec![b'x'; 60_000] && !out.stdout_truncated, "{} bytes", out.stdout.len());
-    }
-    let out = init.agent.wait_job(flood, &mut |_, _| {}).unwrap();
-    assert!(
-        !out.stdout_truncated && out.exit == Exit::Code(0),
-        "{:?}, truncated {}, timed out {}: {}",
-        out.exit,
-        out.stdout_truncated,
-        out.timed_out,
-        text(&out.stderr)
-    );
-    let want: String = (0..lines).map(|i| format!("{i}\n")).collect();
-    assert!(
-        out.stdout == want.as_bytes(),
-        "{} bytes came back, {} were written",
-        out.stdout.len(),
-        want.len()
-    );
-    for seq in 0..PINGS {
-        let pong = init.agent.next_event_for(|e| matches!(e, GuestEvent::Pong { .. })).unwrap();
-        assert!(matches!(pong, GuestEvent::Pong { seq: s, .. } if s == seq), "{pong:?} for {seq}");
-    }
-}
-
-/// Pings sent during the stall: their frames fit the socket's buffer (so
-/// the test's own write does not block), their answers overflow the
-/// init's send queue.
-const PINGS: u32 = 20_000;
-
 both_paths!(
-    a_host_that_stops_reading_stalls_only_itself,
     python_jobs_take_the_path_asked_for,
     python_runs_code_as_python3_file_does,
     python_and_shell_hello,

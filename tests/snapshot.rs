@@ -1,33 +1,14 @@
 //! Snapshot templates: every restored VM is its own machine (randomness,
 //! wall clock), guest clocks are real clocks, and a template is made once,
-//! remade when its inputs change, never trusted when damaged, and never
-//! left half-made. Needs the guest image (`just image`).
+//! remade when its inputs change and never trusted when damaged. (That it
+//! is never left half-made, `vmexec` interrupted, is in `cli`.) Needs the
+//! guest image (`just image`).
 
-mod common;
-
-use std::path::Path;
-use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use common::{cold_vm, ensure_template, restored_vm, text, vm_config};
+use common::{cold_vm, ensure_template, fresh_config, restored_vm, run, text, vm_config};
 use vmhost::template::{Template, list};
 use vmhost::{Job, Start, Vm, VmConfig};
-
-fn run(vm: &mut Vm, job: &Job) -> vmhost::Outcome {
-    vm.agent().run(job, |_, _| {}).unwrap_or_else(|e| panic!("{job:?}: {e}"))
-}
-
-/// The accelerator VMs use here (so that fresh caches need no KVM probe).
-fn accel() -> vmhost::Accel {
-    common::template_ready();
-    let config = vm_config();
-    vmhost::accel::resolved(config.accel, &config.cache_dir).expect("a verdict once a VM ran")
-}
-
-/// The default configuration with its own, empty cache.
-fn fresh_config(cache: &Path) -> VmConfig {
-    VmConfig { cache_dir: cache.to_owned(), accel: accel(), ..vm_config() }
-}
 
 fn seconds_since_epoch() -> f64 {
     SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs_f64()
@@ -124,14 +105,15 @@ fn a_damaged_template_means_a_cold_boot_with_a_warning_then_a_new_template() {
     std::fs::write(template.state(), vec![0x5a; usize::try_from(size).unwrap()]).unwrap();
     let mut vm = Vm::boot(&config).unwrap();
     assert_eq!(vm.start(), Start::Cold);
-    let why = vm.fallback().expect("a warning").to_owned();
+    assert!(matches!(vm.fallback(), Some(vmhost::Fallback::Restore(_))), "{:?}", vm.fallback());
+    let why = vm.fallback().expect("a warning").to_string();
     assert!(why.contains("cannot restore the snapshot template") && !why.contains('\n'), "{why}");
     assert_eq!(text(&run(&mut vm, &Job::shell("echo fine")).stdout), "fine\n");
     vm.shutdown();
 
     // The next VM makes a new template and restores it.
     let vm = Vm::boot(&config).unwrap();
-    assert_eq!((vm.start(), vm.fallback()), (Start::Restored, None));
+    assert_eq!((vm.start(), vm.fallback().map(|f| f.to_string())), (Start::Restored, None));
     vm.shutdown();
 
     // Truncated: seen before any restore is tried.
@@ -139,7 +121,12 @@ fn a_damaged_template_means_a_cold_boot_with_a_warning_then_a_new_template() {
     ram.set_len(1 << 20).unwrap();
     let vm = Vm::boot(&config).unwrap();
     assert_eq!(vm.start(), Start::Cold);
-    assert!(vm.fallback().unwrap().contains("truncated"), "{:?}", vm.fallback());
+    let truncated = vmhost::Fallback::Unusable(vmhost::error::Unusable::Truncated);
+    assert!(
+        matches!(vm.fallback(), Some(f) if f.to_string() == truncated.to_string()),
+        "{:?}",
+        vm.fallback()
+    );
     assert!(!template.dir().exists(), "the damaged template is gone");
 }
 
@@ -150,7 +137,7 @@ fn a_template_is_remade_when_the_rootfs_changes() {
     std::fs::copy(vm_config().rootfs, &rootfs).unwrap();
     let config = VmConfig { rootfs: rootfs.clone(), ..fresh_config(cache.path()) };
     let vm = Vm::boot(&config).unwrap();
-    assert_eq!((vm.start(), vm.fallback()), (Start::Restored, None));
+    assert_eq!((vm.start(), vm.fallback().map(|f| f.to_string())), (Start::Restored, None));
     vm.shutdown();
     let first = Template::locate(&config, config.accel).unwrap().dir();
 
@@ -158,113 +145,11 @@ fn a_template_is_remade_when_the_rootfs_changes() {
     let bytes = std::fs::read(&rootfs).unwrap();
     std::fs::write(&rootfs, bytes).unwrap();
     let vm = Vm::boot(&config).unwrap();
-    assert_eq!((vm.start(), vm.fallback()), (Start::Restored, None));
+    assert_eq!((vm.start(), vm.fallback().map(|f| f.to_string())), (Start::Restored, None));
     vm.shutdown();
     let second = Template::locate(&config, config.accel).unwrap().dir();
     assert_ne!(first, second);
     let all = list(&config, config.accel).unwrap();
     assert!(all.iter().any(|t| t.dir == second && t.current), "{all:?}");
     assert!(!first.exists(), "the template of the old rootfs is swept: {all:?}");
-}
-
-fn vmexec(cache: &Path, tmp: &Path, args: &[&str]) -> Command {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_vmexec"));
-    command.args(args).env("XDG_CACHE_HOME", cache).env("TMPDIR", tmp);
-    command
-}
-
-fn accel_flag() -> [&'static str; 2] {
-    ["--accel", accel().name()]
-}
-
-/// What is in `dir`, lock files aside.
-fn entries(dir: &Path) -> Vec<String> {
-    let Ok(read) = std::fs::read_dir(dir) else { return Vec::new() };
-    let mut names: Vec<String> = read
-        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-        .filter(|name| !name.ends_with(".lock"))
-        .collect();
-    names.sort();
-    names
-}
-
-#[test]
-fn two_concurrent_first_runs_leave_one_good_template() {
-    let cache = tempfile::tempdir().unwrap();
-    let tmp = tempfile::tempdir().unwrap();
-    let args = [&["run", "--json"][..], &accel_flag(), &["-c", "print(1)"]].concat();
-    let children: Vec<_> = (0..2)
-        .map(|_| {
-            vmexec(cache.path(), tmp.path(), &args)
-                .stdout(Stdio::piped())
-                .stderr(Stdio::piped())
-                .spawn()
-                .unwrap()
-        })
-        .collect();
-    for child in children {
-        let out = child.wait_with_output().unwrap();
-        assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
-        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-        assert_eq!(v["stdout"].as_str(), Some("1\n"));
-    }
-    let templates = cache.path().join("pid1/templates");
-    assert_eq!(entries(&templates).len(), 1, "one template, no build leftovers: {:?}", entries(&templates));
-    let out = vmexec(cache.path(), tmp.path(), &args).output().unwrap();
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    assert_eq!(v["start"].as_str(), Some("restored"), "{}", text(&out.stderr));
-}
-
-/// QEMU processes whose command line names `path`.
-fn qemu_naming(path: &Path) -> usize {
-    std::fs::read_dir("/proc")
-        .unwrap()
-        .filter_map(|e| std::fs::read(e.ok()?.path().join("cmdline")).ok())
-        .filter(|cmdline| cmdline.starts_with(b"qemu") || cmdline.windows(4).any(|w| w == b"qemu"))
-        .filter(|cmdline| String::from_utf8_lossy(cmdline).contains(&*path.to_string_lossy()))
-        .count()
-}
-
-/// Waits until `ready` holds (or panics after a minute).
-fn wait_for(what: &str, ready: impl Fn() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while !ready() {
-        assert!(Instant::now() < deadline, "never saw {what}");
-        std::thread::sleep(Duration::from_millis(5));
-    }
-}
-
-fn interrupt(mut child: std::process::Child) -> Output {
-    let pid = rustix::process::Pid::from_raw(child.id() as i32).unwrap();
-    rustix::process::kill_process(pid, rustix::process::Signal::INT).unwrap();
-    let status = child.wait().unwrap();
-    Output { status, stdout: Vec::new(), stderr: Vec::new() }
-}
-
-#[test]
-fn interrupting_a_template_build_or_a_restore_leaves_nothing_behind() {
-    let cache = tempfile::tempdir().unwrap();
-    let tmp = tempfile::tempdir().unwrap();
-    let templates = cache.path().join("pid1/templates");
-
-    // During the build: once its VM runs.
-    let build = [&["template", "build"][..], &accel_flag()].concat();
-    let child = vmexec(cache.path(), tmp.path(), &build).stdout(Stdio::null()).spawn().unwrap();
-    wait_for("the template VM", || qemu_naming(cache.path()) == 1);
-    assert_eq!(interrupt(child).status.code(), Some(130));
-    wait_for("QEMU to go", || qemu_naming(cache.path()) == 0);
-    assert_eq!(entries(&templates), Vec::<String>::new(), "no template, whole or half");
-    assert_eq!(entries(tmp.path()), Vec::<String>::new(), "no socket or temp file");
-
-    // During a restore: as soon as its QEMU exists.
-    let config = VmConfig { cache_dir: cache.path().join("pid1"), ..fresh_config(cache.path()) };
-    ensure_template(&config);
-    let run = [&["run"][..], &accel_flag(), &["-l", "sh", "-c", "sleep 100"]].concat();
-    let child = vmexec(cache.path(), tmp.path(), &run).spawn().unwrap();
-    wait_for("the restoring QEMU", || qemu_naming(tmp.path()) == 1);
-    assert_eq!(interrupt(child).status.code(), Some(130));
-    wait_for("QEMU to go", || qemu_naming(tmp.path()) == 0);
-    assert_eq!(entries(tmp.path()), Vec::<String>::new(), "no socket or temp file");
-    let template = Template::locate(&config, config.accel).unwrap();
-    assert_eq!(template.check(&config), Ok(()), "the template is untouched");
 }
