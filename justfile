@@ -56,7 +56,8 @@ kernel:
     vmlinux="$(rootfs/build-kernel.sh)"
     dir="$(dirname "${vmlinux#{{build}}/}")"
     ln -sfn "$dir/vmlinux" "{{build}}/vmlinux"
-    ln -sfn "$dir/bzImage" "{{build}}/bzImage"
+    # QEMU boots the vmlinux (PVH); a bzImage is for other loaders, if built.
+    if [ -f "{{build}}/$dir/bzImage" ]; then ln -sfn "$dir/bzImage" "{{build}}/bzImage"; fi
 
 # Build the guest root filesystem image with the current init (cached)
 rootfs: build
