@@ -67,10 +67,10 @@ rootfs: build
 image: setup
     #!/usr/bin/env bash
     set -euo pipefail
-    # The kernel is minutes of one make, and the rest needs nothing from
-    # it: the init, the CLI and the root filesystem are built beside it
-    # (on 2 cores the kernel's serial steps and cargo's LTO leave a core
-    # idle). Each runs to its end; either failing fails the image.
+    # The kernel is minutes of make, and the rest needs nothing from it:
+    # the init, the CLI and the root filesystem are built beside it, off
+    # the critical path (unpacking and configuring the kernel use one
+    # core). Each runs to its end; either failing fails the image.
     {{just}} rootfs & side=$!
     kernel=0
     {{just}} kernel || kernel=$?
@@ -101,9 +101,8 @@ lint:
     cargo fmt --all --check
     cargo clippy --profile init -p pid1 -- -D warnings
     cargo clippy --profile init -p pid1 --lib --tests -- -D warnings
-    packages=(-p proto -p vmhost -p vmexec)
-    if [ -f tests/Cargo.toml ]; then packages+=(-p vmtests); fi
-    cargo clippy --release "${packages[@]}" --all-targets --features proto/std -- -D warnings
+    # No -p: the workspace's default members, which are every host crate.
+    cargo clippy --release --all-targets --features proto/std -- -D warnings
 
 # Run every test that needs no kernel, QEMU or VM: the init's and the host crates' unit tests, the wire, the zygote's records
 unit:
@@ -111,20 +110,13 @@ unit:
     set -euo pipefail
     cargo test --profile init -p pid1 --lib
     cargo test --release -p proto --features std
-    cargo test --release -p vmhost --lib
+    cargo test --release -p vmhost -p vmserve --lib
     cargo test --release -p vmexec
-    if [ -f rootfs/test_zygote_wire.py ]; then python3 rootfs/test_zygote_wire.py; fi
+    if [ -f rootfs/test_zygote_wire.py ]; then python3 -B rootfs/test_zygote_wire.py; fi
 
-# Run every test: lint and unit first (seconds to a failure), then the image and the VM suites under QEMU
+# Run every test: lint and unit first (a broken one fails before the kernel is built), then the image and the VM suites under QEMU
 test: setup lint unit image
-    #!/usr/bin/env bash
-    set -euo pipefail
-    if [ -f tests/Cargo.toml ]; then
-        cargo test --release -p vmtests
-    else
-        # Until the VM suites move to their own package: host/tests.
-        cargo test --release -p vmhost -p vmexec
-    fi
+    cargo test --release -p vmtests
 
 # Build the vmhost library alone, with no optional dependency: as a crate that depends on it with `default-features = false` gets it
 lib-alone:
