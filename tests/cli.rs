@@ -380,6 +380,52 @@ fn a_host_that_dies_takes_its_vm_along() {
     assert_eq!(std::fs::read_dir(tmp.path()).unwrap().count(), 0);
 }
 
+/// A child that a failing test must not leave running.
+struct KillOnDrop(Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// The threads of process `pid`.
+fn threads(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/task")).map_or(0, |tasks| tasks.count())
+}
+
+#[test]
+fn a_killed_owner_takes_along_vms_that_retired_threads_started() {
+    // `vmexec serve` starts its pool's VMs from tokio's blocking threads,
+    // which retire after 10 s idle. A QEMU whose death signal was tied to
+    // the thread that asked for it would die with that thread; one forked
+    // by the process-long spawner dies only with the process.
+    template_ready();
+    let tmp = tempfile::tempdir().unwrap();
+    let socket = tmp.path().join("serve.sock");
+    let mut service = KillOnDrop(
+        vmexec()
+            .args(["serve", "--pool", "2", "--listen", &format!("unix:{}", socket.display())])
+            .env("TMPDIR", tmp.path())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    wait_for("the pool's two VMs", || qemu_naming(tmp.path()).len() == 2);
+    let busy = threads(service.0.id());
+    let qemus = qemu_naming(tmp.path());
+    let retired = Instant::now() + Duration::from_secs(60);
+    while threads(service.0.id()) >= busy {
+        assert!(Instant::now() < retired, "the threads that started the VMs never retired");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert_eq!(qemu_naming(tmp.path()), qemus, "a VM died with the thread that started it");
+    service.0.kill().unwrap();
+    service.0.wait().unwrap();
+    wait_for("QEMU end with its owner", || qemu_naming(tmp.path()).is_empty());
+}
+
 #[test]
 fn vmexec_says_when_qemu_is_killed() {
     template_ready();
