@@ -9,11 +9,12 @@ use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 use tokio::sync::mpsc;
-use vmhost::api::{self, Download, FieldError, RunRequest, RunResult, Timings};
-use vmhost::{AgentError, FileError, Stream};
+use vmhost::Stream;
+use vmhost::api::{self, Download, RunRequest, RunResult, Timings};
 
+pub use crate::error::{DoorError, agent_error, file_error};
 use crate::metrics::{Metrics, Outcome};
-use crate::pool::{Pool, PoolError, drop_vm};
+use crate::pool::{Pool, drop_vm};
 use crate::sessions::Sessions;
 
 /// How long past a job's own timeout the service waits for a silent
@@ -29,86 +30,6 @@ pub struct Chunk {
 
 /// Where a streaming run's output goes as it arrives.
 pub type ChunkSink = mpsc::Sender<Chunk>;
-
-/// Why a call through the door failed; each maps to one HTTP status.
-#[derive(Debug, thiserror::Error)]
-pub enum DoorError {
-    #[error(transparent)]
-    BadRequest(#[from] FieldError),
-    #[error("the guest refused the job: {0}")]
-    Refused(String),
-    #[error("no session {0}")]
-    NoSession(String),
-    #[error("the session has ended: {0}")]
-    SessionEnded(String),
-    #[error("{path}: {message}")]
-    File { path: String, message: String },
-    #[error(transparent)]
-    Busy(PoolError),
-    #[error("the service is shutting down")]
-    ShuttingDown,
-    #[error("the VM was lost mid-run: {0}")]
-    VmLost(String),
-    #[error("the client went away; the job was killed")]
-    Cancelled,
-    #[error("{0}")]
-    Failed(String),
-}
-
-impl DoorError {
-    /// The `kind` the API reports.
-    pub fn kind(&self) -> &'static str {
-        match self {
-            DoorError::BadRequest(_) => "bad_request",
-            DoorError::Refused(_) => "refused",
-            DoorError::NoSession(_) => "no_session",
-            DoorError::SessionEnded(_) => "session_ended",
-            DoorError::File { .. } => "file",
-            DoorError::Busy(_) => "busy",
-            DoorError::ShuttingDown => "shutting_down",
-            DoorError::VmLost(_) => "vm_lost",
-            DoorError::Cancelled => "cancelled",
-            DoorError::Failed(_) => "failed",
-        }
-    }
-
-    pub fn outcome(&self) -> Outcome {
-        match self {
-            DoorError::BadRequest(_) | DoorError::Refused(_) | DoorError::File { .. } => Outcome::Refused,
-            DoorError::NoSession(_) | DoorError::SessionEnded(_) => Outcome::Refused,
-            DoorError::Busy(_) | DoorError::ShuttingDown => Outcome::Rejected,
-            DoorError::VmLost(_) => Outcome::VmLost,
-            DoorError::Cancelled => Outcome::Cancelled,
-            DoorError::Failed(_) => Outcome::Failed,
-        }
-    }
-}
-
-impl From<PoolError> for DoorError {
-    fn from(e: PoolError) -> Self {
-        match e {
-            PoolError::ShuttingDown => DoorError::ShuttingDown,
-            PoolError::Start(why) => DoorError::Failed(why),
-            busy => DoorError::Busy(busy),
-        }
-    }
-}
-
-/// A guest-side failure of a job, by whose fault it was.
-pub fn agent_error(e: &AgentError) -> DoorError {
-    match e {
-        AgentError::Refused { message, .. } => DoorError::Refused(message.clone()),
-        AgentError::InvalidJob(why) => DoorError::Refused(why.clone()),
-        other => DoorError::VmLost(vmhost::error::chain(other)),
-    }
-}
-
-pub fn file_error(path: &str, e: &FileError) -> DoorError {
-    match e {
-        FileError::Agent(agent) => agent_error(agent),
-        other => DoorError::File { path: path.to_owned(), message: other.to_string() },
-    }
-}
 
 /// Kills a run's QEMU if the run is abandoned before it ends (its client
 /// went away and the handler was dropped): the blocking thread then sees
@@ -161,11 +82,18 @@ struct Report<'a> {
 
 impl Drop for Report<'_> {
     fn drop(&mut self) {
-        let (outcome, detail) = self.outcome.take().unwrap_or((Outcome::Cancelled, "the client went away".into()));
+        let (outcome, detail) =
+            self.outcome.take().unwrap_or((Outcome::Cancelled, "the client went away".into()));
         let ms = self.began.elapsed().as_secs_f64() * 1000.0;
         self.metrics.count(outcome);
         self.metrics.total_seconds.observe(ms / 1000.0);
-        tracing::info!(run = self.run, language = self.language, outcome = outcome.name(), ms = api::round_ms(ms), "{detail}");
+        tracing::info!(
+            run = self.run,
+            language = self.language,
+            outcome = outcome.name(),
+            ms = api::round_ms(ms),
+            "{detail}"
+        );
     }
 }
 

@@ -8,6 +8,7 @@
 //! is left; a SIGKILL takes every QEMU with it (see `vmhost::qemu::process`).
 
 pub mod door;
+pub mod error;
 pub mod http;
 pub mod metrics;
 pub mod options;

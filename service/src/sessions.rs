@@ -12,7 +12,7 @@ use serde::{Deserialize, Serialize};
 use vmhost::api::{self, FieldError, Language, RunResult, StartKind, Timings};
 use vmhost::{FileEntry, Session, SessionError};
 
-use crate::door::{DoorError, agent_error, file_error};
+use crate::error::{DoorError, agent_error, file_error};
 use crate::metrics::{Metrics, Outcome};
 use crate::pool::{Lease, Pool, drop_vm};
 

@@ -47,10 +47,11 @@ fn a_python_session_keeps_its_state() {
     assert!(matches!(err, SessionError::Ended(_)), "{err}");
     assert!(matches!(session.exec("1").unwrap_err(), SessionError::Ended(None)));
     drop(session);
-    // The VM goes on.
-    let after = vm.agent().run(&vmhost::Job::python("print('next')"), |_, _| {}).unwrap();
+    // The VM goes on (its connection is shared since the session began).
+    let shared = vm.shared();
+    let after = shared.run(&vmhost::Job::python("print('next')"), &mut |_, _| {}).unwrap();
     assert_eq!(text(&after.stdout), "next\n");
-    assert_eq!(vm.agent().ping().unwrap().jobs_active, 0);
+    assert_eq!(shared.ping(Duration::from_secs(10)).unwrap().jobs_active, 0);
     vm.shutdown();
 }
 
@@ -74,7 +75,8 @@ fn a_shell_session_keeps_cwd_env_and_functions() {
     assert_eq!(out(&session.exec("echo $A; sleep 1000 & echo started").unwrap()).0, "7\nstarted\n");
     // Closing ends what the session started.
     session.close().unwrap();
-    let left = vm.agent().run(&vmhost::Job::shell("ps -o args | grep -c '^sleep 1000'"), |_, _| {}).unwrap();
+    let ps = vmhost::Job::shell("ps -o args | grep -c '^sleep 1000'");
+    let left = vm.shared().run(&ps, &mut |_, _| {}).unwrap();
     assert_eq!(text(&left.stdout), "0\n");
     vm.shutdown();
 }

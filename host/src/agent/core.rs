@@ -282,7 +282,7 @@ mod tests {
         };
         assert_eq!(
             (run.job, run.lang, run.code_len, run.timeout_ms),
-            (7, Lang::Python, code.len() as u32, 30_000)
+            (7, Lang::Python, u32::try_from(code.len()).unwrap(), 30_000)
         );
         assert_eq!((run.env[0].name, run.env[0].value, run.stdin), ("A", "1", false));
         let mut sent = Vec::new();

@@ -126,7 +126,7 @@ mod tests {
         let lines: Vec<&str> = key.lines().collect();
         assert_eq!(lines[0], FORMAT);
         assert_eq!(lines[2], "kernel /img/my kernel size=5 mtime=6.0 ctime=7.0 ino=8");
-        assert!(lines.contains(&"CMDLINE") && lines.contains(&"RAM") == false);
+        assert!(lines.contains(&"CMDLINE") && !lines.contains(&"RAM"));
         assert!(key.contains("mem-path=RAM,share=on"), "{key}");
         assert!(key.contains("socket,id=agent,path=AGENT"), "no per-VM path: {key}");
     }

@@ -442,12 +442,22 @@ impl Service {
 }
 
 impl Drop for Service {
-    /// On an error path the service is killed; its QEMUs die with it.
+    /// On an error path the service is asked to stop as on SIGTERM, so it
+    /// cleans up; killed only if it does not. A SIGKILL leaves behind the
+    /// directories of VMs still starting (their QEMUs die with it).
     fn drop(&mut self) {
-        if matches!(self.child.try_wait(), Ok(None)) {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
+        if !matches!(self.child.try_wait(), Ok(None)) {
+            return;
         }
+        if let Some(pid) = rustix::process::Pid::from_raw(self.pid) {
+            let _ = rustix::process::kill_process(pid, rustix::process::Signal::TERM);
+        }
+        let deadline = Instant::now() + STOP_WAIT;
+        while matches!(self.child.try_wait(), Ok(None)) && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 }
 

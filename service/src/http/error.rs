@@ -5,7 +5,7 @@ use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 
-use crate::door::DoorError;
+use crate::error::DoorError;
 
 /// How long a client turned away for capacity should wait before it
 /// tries again: about one run's time on a busy host.

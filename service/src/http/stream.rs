@@ -21,7 +21,7 @@ use tokio::sync::mpsc;
 use vmhost::Stream;
 use vmhost::api::{self, RunRequest, RunResult};
 
-use super::ApiError;
+use super::error::ApiError;
 use crate::door::{Chunk, Door};
 
 pub const NDJSON: &str = "application/x-ndjson";
