@@ -81,6 +81,23 @@ image: setup
 run code *flags: image
     @target/release/vmexec run -c "$1" "${@:2}"
 
+# Install vmexec in PREFIX/bin and the guest image in PREFIX/share/pid1, where an installed vmexec finds it (or set PID1_IMAGE_DIR)
+install prefix="/usr/local": image
+    #!/usr/bin/env bash
+    set -euo pipefail
+    prefix="$1"
+    install -d "$prefix/bin" "$prefix/share/pid1"
+    install -m 0755 target/release/vmexec "$prefix/bin/vmexec"
+    # The image files themselves, not the build directory's links to them.
+    install -m 0644 "$(readlink -f build/vmlinux)" "$prefix/share/pid1/vmlinux"
+    install -m 0644 "$(readlink -f build/rootfs.erofs)" "$prefix/share/pid1/rootfs.erofs"
+    install -m 0644 service/pid1.service "$prefix/share/pid1/pid1.service"
+    echo "installed $prefix/bin/vmexec and $prefix/share/pid1 (systemd unit: $prefix/share/pid1/pid1.service)"
+
+# Serve runs and sessions over HTTP from a warm pool, e.g. `just serve --listen unix:/tmp/pid1.sock`
+serve *flags: image
+    target/release/vmexec serve "$@"
+
 # ---- checks -------------------------------------------------------------
 
 # Print the module graph of the init and of every host crate; fails on a cycle
@@ -148,6 +165,14 @@ fuzz runs="5000000":
 # Boot N VMs per job kind, alternating with a busybox-sh baseline init; medians and ratios
 bench-boot n="10": image
     cargo run --release -q -p vmexec --bin bench-boot -- --runs "$1"
+
+# The service against vmexec run (warm-pool hits, alternating), then load from 4 and 16 clients; medians, p95/p99, ratios
+bench-serve n="20" load="200": image
+    cargo run --release -q -p vmserve --bin bench-serve -- --runs "$1" --load-runs "$2" --clients 4,16
+
+# RUNS runs through one service from 8 clients, each checked for its own output; nothing may be left after SIGTERM
+soak runs="2000": image
+    cargo run --release -q -p vmserve --bin soak -- --runs "$1" --clients 8
 
 # How late job timeouts fire in a VM: idle, beside output floods, and with the host not reading; medians and ratios
 bench-timeouts n="10": image
