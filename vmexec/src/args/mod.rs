@@ -8,6 +8,8 @@ use clap::{Subcommand, ValueEnum};
 use vmhost::api::Language;
 use vmhost::{Accel, VmConfig};
 
+use crate::cmd::remote::{SERVER_ENV, Server};
+
 #[derive(clap::Args)]
 pub struct ReplArgs {
     /// Language of the session.
@@ -16,6 +18,25 @@ pub struct ReplArgs {
     /// Boot the kernel instead of restoring the snapshot template.
     #[arg(long)]
     pub cold: bool,
+    /// Hold the session in a running service (`vmexec serve`) instead of
+    /// a VM here: unix:PATH or http://HOST:PORT. The service runs whole
+    /// cells, so vmexec sends each statement once it is complete, by the
+    /// console's rules (Python: once nothing is open, a block at a blank
+    /// line; shell: `bash -n`). Unlike `python3 -i`, a line at the left
+    /// margin inside a block waits for the blank line with it, and bare
+    /// expressions inside a block are not echoed.
+    #[arg(long, value_name = "unix:PATH|http://HOST:PORT", env = SERVER_ENV,
+          conflicts_with_all = ["cold", "VmArgs"])]
+    pub server: Option<Server>,
+    /// With --server over http://: a file holding the service's bearer
+    /// token (default: the token itself in $PID1_TOKEN).
+    #[arg(long, value_name = "FILE", requires = "server")]
+    pub token_file: Option<PathBuf>,
+    /// With --server: seconds each statement may run (0: no limit; default
+    /// 30, a service step's), so that a runaway one does not hold the
+    /// service's VM; a local session's statements have no limit.
+    #[arg(long, value_parser = parse_timeout, requires = "server")]
+    pub timeout: Option<f64>,
     #[command(flatten)]
     pub vm: VmArgs,
 }
@@ -85,6 +106,18 @@ pub struct RunArgs {
     /// file's name in the current directory; repeatable).
     #[arg(long, value_name = "GUEST[:LOCAL]", value_parser = parse_download)]
     pub download: Vec<(String, PathBuf)>,
+    /// Send the run to a running service (`vmexec serve`) instead of
+    /// booting a VM here: unix:PATH or http://HOST:PORT. Output, exit codes
+    /// and --json are a local run's. The service's VMs are its own, so
+    /// --cold, --fresh and the VM flags are refused with it, and so is
+    /// --cwd (its API has none); --stdin must be UTF-8 text.
+    #[arg(long, value_name = "unix:PATH|http://HOST:PORT", env = SERVER_ENV,
+          conflicts_with_all = ["cold", "fresh", "cwd", "VmArgs"])]
+    pub server: Option<Server>,
+    /// With --server over http://: a file holding the service's bearer
+    /// token (default: the token itself in $PID1_TOKEN).
+    #[arg(long, value_name = "FILE", requires = "server")]
+    pub token_file: Option<PathBuf>,
     #[command(flatten)]
     pub vm: VmArgs,
 }

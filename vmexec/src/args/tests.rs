@@ -29,8 +29,15 @@ fn argv<'a>(args: &'a [&'a str]) -> impl Iterator<Item = &'a str> {
     std::iter::once("vmexec").chain(args.iter().copied())
 }
 
+/// `args` parsed as the command `C` makes them, with `--server` not read
+/// from the environment: a caller's $PID1_SERVER must not change a test.
+fn parse<C: Parser>(args: &[&str]) -> Result<C, clap::Error> {
+    let command = C::command().mut_arg("server", |arg| arg.env(None));
+    C::from_arg_matches(&command.try_get_matches_from(argv(args))?)
+}
+
 fn run(args: &[&str]) -> RunArgs {
-    match Run::try_parse_from(argv(args)) {
+    match parse::<Run>(args) {
         Ok(parsed) => parsed.run,
         Err(e) => panic!("{args:?} refused: {e}"),
     }
@@ -38,10 +45,14 @@ fn run(args: &[&str]) -> RunArgs {
 
 /// Why clap refused `args`, and what it said.
 fn run_refused(args: &[&str]) -> (ErrorKind, String) {
-    match Run::try_parse_from(argv(args)) {
+    match parse::<Run>(args) {
         Ok(_) => panic!("{args:?} accepted"),
         Err(e) => (e.kind(), e.to_string()),
     }
+}
+
+fn repl(args: &[&str]) -> Result<ReplArgs, (ErrorKind, String)> {
+    parse::<Repl>(args).map(|parsed| parsed.repl).map_err(|e| (e.kind(), e.to_string()))
 }
 
 fn template(args: &[&str]) -> Result<TemplateAction, ErrorKind> {
@@ -347,12 +358,114 @@ fn template_actions_refuse_what_they_do_not_take() {
 
 #[test]
 fn a_repl_is_python_unless_told() {
-    let parse = |args: &[&str]| match Repl::try_parse_from(argv(args)) {
-        Ok(parsed) => parsed.repl,
-        Err(e) => panic!("{args:?} refused: {e}"),
-    };
+    let parse = |args: &[&str]| repl(args).unwrap_or_else(|e| panic!("{args:?} refused: {}", e.1));
     let repl = parse(&[]);
     assert_eq!((repl.lang.language(), repl.cold, repl.vm.memory), (Language::Python, false, 256));
+    assert_eq!((repl.server, repl.token_file, repl.timeout), (None, None, None));
     let repl = parse(&["-l", "shell", "--cold", "--memory", "128"]);
     assert_eq!((repl.lang.language(), repl.cold, repl.vm.memory), (Language::Sh, true, 128));
+}
+
+// `--server`: the same commands sent to a service.
+
+#[test]
+fn a_run_may_go_to_a_service() {
+    let args = run(&["-c", "x", "--server", "unix:/tmp/pid1.sock"]);
+    assert_eq!(args.server, Some(Server::Unix("/tmp/pid1.sock".into())));
+    assert_eq!(args.token_file, None);
+    let args = run(&[
+        "-c",
+        "x",
+        "--server",
+        "http://127.0.0.1:8470",
+        "--token-file",
+        "/etc/pid1/token",
+        // What the API takes goes with it.
+        "--timeout",
+        "5",
+        "--env",
+        "A=1",
+        "--stdin",
+        "in.txt",
+        "--upload",
+        "a:b",
+        "--download",
+        "c",
+        "--memory-limit",
+        "64",
+        "--output-limit",
+        "10",
+        "--json",
+    ]);
+    assert_eq!(args.server, Some(Server::Http { host: "127.0.0.1".into(), port: 8470 }));
+    assert_eq!(args.token_file.as_deref(), Some(Path::new("/etc/pid1/token")));
+    assert!(args.json && args.timeout == 5.0 && args.memory_limit == Some(64));
+}
+
+#[test]
+fn a_bad_server_is_refused_with_the_forms_to_give() {
+    for bad in ["", "localhost:8470", "https://h:1", "unix:", "http://h:x"] {
+        let (kind, message) = run_refused(&["-c", "x", &format!("--server={bad}")]);
+        assert_eq!(kind, ErrorKind::ValueValidation, "{bad}");
+        assert!(message.contains("--server"), "{message}");
+    }
+}
+
+#[test]
+fn what_only_a_local_vm_has_is_refused_with_a_server() {
+    for local in [
+        &["--cold"][..],
+        &["--fresh"],
+        &["--cwd", "/tmp"],
+        &["--memory", "512"],
+        &["--cpus", "2"],
+        &["--accel", "tcg"],
+        &["--debug"],
+        &["--kernel", "k"],
+        &["--rootfs", "r"],
+    ] {
+        let mut args = vec!["-c", "x", "--server", "unix:/s"];
+        args.extend_from_slice(local);
+        let (kind, message) = run_refused(&args);
+        assert_eq!(kind, ErrorKind::ArgumentConflict, "{local:?}");
+        assert!(message.contains(local[0]) && message.contains("--server"), "{message}");
+        // The same flag alone is a local run's.
+        assert!(run(&[&["-c", "x"][..], local].concat()).server.is_none());
+    }
+}
+
+#[test]
+fn a_token_file_needs_a_server() {
+    let (kind, message) = run_refused(&["-c", "x", "--token-file", "t"]);
+    assert_eq!(kind, ErrorKind::MissingRequiredArgument);
+    assert!(message.contains("--server"), "{message}");
+    assert_eq!(repl(&["--token-file", "t"]).map(|_| ()).unwrap_err().0, ErrorKind::MissingRequiredArgument);
+}
+
+#[test]
+fn the_server_may_come_from_the_environment() {
+    for command in [Run::command(), Repl::command()] {
+        let server = command.get_arguments().find(|a| a.get_id() == "server").expect("--server");
+        assert_eq!(server.get_env().and_then(|e| e.to_str()), Some("PID1_SERVER"));
+    }
+}
+
+#[test]
+fn a_repl_may_go_to_a_service_with_a_step_timeout() {
+    let args = repl(&["--server", "unix:/s", "-l", "sh", "--timeout", "2.5", "--token-file", "t"])
+        .unwrap_or_else(|e| panic!("refused: {}", e.1));
+    assert_eq!(args.server, Some(Server::Unix("/s".into())));
+    assert_eq!((args.timeout, args.token_file.as_deref()), (Some(2.5), Some(Path::new("t"))));
+    // A local session's statements have no limit to set.
+    let (kind, message) = repl(&["--timeout", "5"]).map(|_| ()).unwrap_err();
+    assert_eq!(kind, ErrorKind::MissingRequiredArgument);
+    assert!(message.contains("--server"), "{message}");
+    assert_eq!(
+        repl(&["--server", "unix:/s", "--timeout=-1"]).map(|_| ()).unwrap_err().0,
+        ErrorKind::ValueValidation
+    );
+    for local in [&["--cold"][..], &["--memory", "512"], &["--accel", "kvm"]] {
+        let (kind, _) = repl(&[&["--server", "unix:/s"][..], local].concat()).map(|_| ()).unwrap_err();
+        assert_eq!(kind, ErrorKind::ArgumentConflict, "{local:?}");
+    }
 }

@@ -1,5 +1,7 @@
-//! One module per command.
+//! One module per command, and the client of a service that `run` and
+//! `repl` are with `--server`.
 
+pub mod remote;
 pub mod repl;
 pub mod run;
 pub mod serve;

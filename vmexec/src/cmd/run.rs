@@ -1,5 +1,6 @@
 //! `vmexec run`: one job in a fresh VM, with its uploads before and its
-//! downloads after, output streamed (or one JSON result with `--json`).
+//! downloads after, output streamed (or one JSON result with `--json`);
+//! with `--server`, the same job sent to a service.
 
 use std::io::{Read, Write};
 use std::os::unix::fs::PermissionsExt;
@@ -7,16 +8,23 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
-use vmhost::api::{Language, RunResult, StartKind, Timings};
-use vmhost::{AgentError, Job, Lang, Start, Stream, Vm, VmConfig};
+use vmhost::api::{self, Download, Language, RunRequest, RunResult, StartKind, Timings, Upload};
+use vmhost::{AgentError, Job, Start, Stream, Vm, VmConfig};
 
+use super::remote::{self, ANSWER_MARGIN, Client, RemoteError, Server, TOKEN_ENV};
 use crate::args::{LangArg, RunArgs};
 use crate::failure::{EXIT_TIMEOUT, Failure, InputError};
 
-/// `vmexec run`: the arguments' job in a fresh VM; its output, then its
-/// exit status as vmexec's.
+/// `vmexec run`: the arguments' job in a fresh VM (or a service's); its
+/// output, then its exit status as vmexec's.
 pub fn main(args: RunArgs) -> ExitCode {
     let json = args.json;
+    if let Some(server) = args.server.clone() {
+        return run_remote(&args, server).unwrap_or_else(|failure| {
+            let (code, kind) = failure.classify();
+            report(json, code, &kind, &failure.message())
+        });
+    }
     match run(args) {
         Ok(code) => code,
         Err(failure) => {
@@ -26,14 +34,38 @@ pub fn main(args: RunArgs) -> ExitCode {
                 Failure::Vm(vmhost::Error::Agent(AgentError::Refused { message, .. })) => message.clone(),
                 _ => failure.message(),
             };
-            if json {
-                println!("{}", serde_json::json!({ "error": { "kind": kind, "message": message } }));
-            } else {
-                eprintln!("vmexec: {message}");
-            }
-            ExitCode::from(code)
+            report(json, code, &kind, &message)
         }
     }
+}
+
+/// A failure, as one JSON object with `--json` or one line on stderr.
+fn report(json: bool, code: u8, kind: &str, message: &str) -> ExitCode {
+    if json {
+        println!("{}", serde_json::json!({ "error": { "kind": kind, "message": message } }));
+    } else {
+        eprintln!("vmexec: {message}");
+    }
+    ExitCode::from(code)
+}
+
+/// Writes output as it arrives, unless it is to be printed in JSON.
+fn show(live: bool) -> impl Fn(Stream, &[u8]) {
+    move |stream, data| {
+        if live {
+            let _ = match stream {
+                Stream::Stdout => {
+                    std::io::stdout().lock().write_all(data).and_then(|_| std::io::stdout().flush())
+                }
+                Stream::Stderr => std::io::stderr().lock().write_all(data),
+            };
+        }
+    }
+}
+
+/// vmexec's exit status for a job's.
+fn exit_status(timed_out: bool, code: i32) -> ExitCode {
+    ExitCode::from(if timed_out { EXIT_TIMEOUT } else { u8::try_from(code & 0xff).unwrap_or(1) })
 }
 
 /// One line when a VM booted cold although it should have been restored.
@@ -47,20 +79,11 @@ pub fn warn_fallback(vm: &Vm) {
 const CONSOLE_LINES: usize = 20;
 
 fn run(args: RunArgs) -> Result<ExitCode, Failure> {
-    let (code, lang) = read_code(&args)?;
+    let (code, language) = read_code(&args)?;
     let input = open_stdin(&args)?;
     // Read before any VM starts: a missing file fails fast.
-    let uploads = args
-        .upload
-        .iter()
-        .map(|(local, guest)| {
-            let data =
-                std::fs::read(local).map_err(|source| InputError::Upload { path: local.clone(), source })?;
-            let mode = std::fs::metadata(local).map(|m| m.permissions().mode() & 0o777).unwrap_or(0o644);
-            Ok((guest.clone(), data, mode))
-        })
-        .collect::<Result<Vec<_>, InputError>>()?;
-    let mut job = Job::new(lang, code);
+    let uploads = read_uploads(&args)?;
+    let mut job = Job::new(language.lang(), code);
     job.env = args.env.clone();
     job.cwd = args.cwd.clone();
     job.timeout = (args.timeout > 0.0).then(|| Duration::from_secs_f64(args.timeout));
@@ -86,17 +109,7 @@ fn run(args: RunArgs) -> Result<ExitCode, Failure> {
         }
     }
     let sent = Instant::now();
-    let live = !args.json;
-    let show = |stream: Stream, data: &[u8]| {
-        if live {
-            let _ = match stream {
-                Stream::Stdout => {
-                    std::io::stdout().lock().write_all(data).and_then(|_| std::io::stdout().flush())
-                }
-                Stream::Stderr => std::io::stderr().lock().write_all(data),
-            };
-        }
-    };
+    let show = show(!args.json);
     let outcome = match input {
         Some(input) => vm.agent().run_with_input(&job, input, show),
         None => vm.agent().run(&job, show),
@@ -137,7 +150,97 @@ fn run(args: RunArgs) -> Result<ExitCode, Failure> {
         let result = RunResult::new(&outcome, start, accel.name(), timings);
         println!("{}", serde_json::to_string(&result).expect("a result serialises"));
     }
-    Ok(ExitCode::from(if outcome.timed_out { EXIT_TIMEOUT } else { (outcome.code() & 0xff) as u8 }))
+    Ok(exit_status(outcome.timed_out, outcome.code()))
+}
+
+/// `vmexec run --server`: the job as a run request to the service, its
+/// output as it streams back (or its result with `--json`), its
+/// downloads written here. Everything local is read before connecting.
+fn run_remote(args: &RunArgs, server: Server) -> Result<ExitCode, RemoteError> {
+    let (code, language) = read_code(args)?;
+    let code = String::from_utf8(code).map_err(|_| RemoteError::NotText { what: "the code".into() })?;
+    let stdin = read_stdin_text(args)?;
+    let files = read_uploads(args)?
+        .into_iter()
+        .map(|(path, data, mode)| Upload { path, content: api::base64(&data), mode: Some(mode) })
+        .collect();
+    let request = RunRequest {
+        code,
+        language,
+        timeout: Some(args.timeout),
+        env: args.env.iter().cloned().collect(),
+        stdin,
+        files,
+        download: args.download.iter().map(|(guest, _)| guest.clone()).collect(),
+        memory_limit_mb: args.memory_limit,
+        output_limit: Some(args.output_limit),
+    };
+    let token = remote::token(args.token_file.as_deref(), std::env::var(TOKEN_ENV).ok())?;
+    let client = Client::new(server, token)?;
+    // A job without a timeout has no deadline for its answer either, as
+    // a local one has none for its guest.
+    let wait = (args.timeout > 0.0).then(|| Duration::from_secs_f64(args.timeout) + ANSWER_MARGIN);
+    let mut result: RunResult = if args.json {
+        // Not streamed: a plain answer keeps its status and `Retry-After`.
+        client.post("/v1/runs", &request, wait)?
+    } else {
+        client.run_streamed(&request, wait, show(true))?
+    };
+    save_downloads(&client, &args.download, &result.files)?;
+    if args.json {
+        // The files are written; the result prints as a local one does.
+        result.files.clear();
+        println!("{}", serde_json::to_string(&result).expect("a result serialises"));
+    }
+    Ok(exit_status(result.timed_out, result.exit_code))
+}
+
+/// `--download` of a remote run: each file the service returned into its
+/// local path.
+fn save_downloads(
+    client: &Client,
+    wanted: &[(String, PathBuf)],
+    files: &[Download],
+) -> Result<(), RemoteError> {
+    for (guest, local) in wanted {
+        let protocol = |why: String| RemoteError::Protocol { server: client.server().clone(), why };
+        let file = files
+            .iter()
+            .find(|f| &f.path == guest)
+            .ok_or_else(|| protocol(format!("the result has no file {guest}")))?;
+        let data = remote::file_bytes(file).map_err(protocol)?;
+        std::fs::write(local, data)
+            .map_err(|source| RemoteError::Download { path: local.clone(), source })?;
+    }
+    Ok(())
+}
+
+/// `--stdin` of a remote run, read whole: the API's stdin is text.
+fn read_stdin_text(args: &RunArgs) -> Result<Option<String>, RemoteError> {
+    let (Some(path), Some(mut input)) = (&args.stdin, open_stdin(args)?) else { return Ok(None) };
+    let mut bytes = Vec::new();
+    input.read_to_end(&mut bytes).map_err(|source| InputError::StdinFile { path: path.clone(), source })?;
+    String::from_utf8(bytes).map(Some).map_err(|_| {
+        let what = if path.as_os_str() == "-" {
+            "vmexec's stdin (--stdin -)".to_owned()
+        } else {
+            format!("the stdin file {}", path.display())
+        };
+        RemoteError::NotText { what }
+    })
+}
+
+/// `--upload`: each local file's guest path, bytes and permission bits.
+fn read_uploads(args: &RunArgs) -> Result<Vec<(String, Vec<u8>, u32)>, InputError> {
+    args.upload
+        .iter()
+        .map(|(local, guest)| {
+            let data =
+                std::fs::read(local).map_err(|source| InputError::Upload { path: local.clone(), source })?;
+            let mode = std::fs::metadata(local).map(|m| m.permissions().mode() & 0o777).unwrap_or(0o644);
+            Ok((guest.clone(), data, mode))
+        })
+        .collect()
 }
 
 /// `--download`: each guest file into its local path.
@@ -177,7 +280,7 @@ fn open_stdin(args: &RunArgs) -> Result<Option<Box<dyn Read + Send>>, InputError
 }
 
 /// The code and its language, from `-c`, a file or stdin.
-fn read_code(args: &RunArgs) -> Result<(Vec<u8>, Lang), InputError> {
+fn read_code(args: &RunArgs) -> Result<(Vec<u8>, Language), InputError> {
     let (code, path) = match (&args.code, &args.file) {
         (Some(code), _) => (code.clone().into_bytes(), None),
         (None, Some(path)) if path.as_os_str() == "-" => {
@@ -194,5 +297,5 @@ fn read_code(args: &RunArgs) -> Result<(Vec<u8>, Lang), InputError> {
         (None, None) => unreachable!("clap requires -c CODE or FILE"),
     };
     let language = args.lang.map_or_else(|| Language::infer(path, &code), LangArg::language);
-    Ok((code, language.lang()))
+    Ok((code, language))
 }
