@@ -131,9 +131,14 @@ unit:
     cargo test --release -p vmexec
     if [ -f rootfs/test_zygote_wire.py ]; then python3 -B rootfs/test_zygote_wire.py; fi
 
-# Run every test: lint and unit first (a broken one fails before the kernel is built), then the image and the VM suites under QEMU
+# Run every test: lint and unit first (a broken one fails before the kernel is built), then the image, the VM suites under QEMU and the API fuzzed against its document
 test: setup lint unit image
     cargo test --release -p vmtests
+    scripts/fuzz-api
+
+# Fuzz a real service's HTTP API against service/openapi.json (Schemathesis, ~1-3 min under TCG); nothing may be left after SIGTERM
+fuzz-api *args: image
+    scripts/fuzz-api "$@"
 
 # Build the vmhost library alone, with no optional dependency: as a crate that depends on it with `default-features = false` gets it
 lib-alone:

@@ -63,7 +63,8 @@ impl Drop for Abandon {
     }
 }
 
-fn kill_qemu(pid: u32) {
+/// SIGKILL to a VM's QEMU (0: none yet).
+pub fn kill_qemu(pid: u32) {
     if let Some(pid) = i32::try_from(pid).ok().and_then(rustix::process::Pid::from_raw) {
         let _ = rustix::process::kill_process(pid, rustix::process::Signal::KILL);
     }
@@ -147,6 +148,7 @@ impl Door {
         let handed = began.elapsed();
         self.metrics.queue_seconds.observe(handed.as_secs_f64());
         self.metrics.handout_seconds.observe(handed.as_secs_f64());
+        let running = self.pool.running();
         let abandon = Abandon::new();
         abandon.pid.store(lease.vm.pid(), Ordering::Relaxed);
         let cancelled = Arc::clone(&abandon.cancelled);
@@ -198,6 +200,7 @@ impl Door {
             result
         });
         let joined = blocking.await;
+        drop(running);
         abandon.finish();
         if abandon.cancelled.load(Ordering::Relaxed) {
             return Err(DoorError::Cancelled);

@@ -12,6 +12,7 @@ use serde::{Deserialize, Serialize};
 use vmhost::api::{self, FieldError, Language, RunResult, StartKind, Timings};
 use vmhost::{FileEntry, Session, SessionError};
 
+use crate::door::kill_qemu;
 use crate::error::{DoorError, agent_error, file_error};
 use crate::metrics::{Metrics, Outcome};
 use crate::pool::{Lease, Pool, drop_vm};
@@ -68,6 +69,8 @@ struct Entry {
     /// serialises the session's calls.
     held: tokio::sync::Mutex<Option<Held>>,
     last_used: Mutex<Instant>,
+    /// The session's QEMU, to end it without waiting for a running step.
+    pid: u32,
 }
 
 impl Entry {
@@ -153,6 +156,7 @@ impl Sessions {
             id: id.clone(),
             language,
             idle,
+            pid: held.lease.vm.pid(),
             held: tokio::sync::Mutex::new(Some(held)),
             last_used: Mutex::new(Instant::now()),
         });
@@ -167,7 +171,9 @@ impl Sessions {
     pub async fn info(&self, id: &str) -> Result<SessionInfo, DoorError> {
         let entry = self.get(id)?;
         let held = entry.held.lock().await;
-        let steps = held.as_ref().map_or(0, |h| h.session.steps());
+        let Some(steps) = held.as_ref().map(|h| h.session.steps()) else {
+            return Err(DoorError::NoSession(id.to_owned()));
+        };
         Ok(SessionInfo {
             id: entry.id.clone(),
             language: entry.language,
@@ -179,32 +185,44 @@ impl Sessions {
     /// Runs `f` on the session's VM and session, on a blocking thread, with
     /// its calls serialised; a session whose driver ended is closed.
     async fn with<T: Send + 'static>(
-        &self,
+        self: &Arc<Self>,
         id: &str,
         f: impl FnOnce(&mut Held) -> Result<T, DoorError> + Send + 'static,
     ) -> Result<T, DoorError> {
         let entry = self.get(id)?;
-        let mut slot = entry.held.lock().await;
-        let Some(mut held) = slot.take() else { return Err(DoorError::NoSession(id.to_owned())) };
-        entry.touch();
-        let (mut held, result) = tokio::task::spawn_blocking(move || {
-            let result = f(&mut held);
-            (held, result)
-        })
-        .await
-        .map_err(|e| DoorError::Failed(e.to_string()))?;
-        entry.touch();
-        if held.session.is_ended() || held.lease.vm.has_exited() {
-            drop(slot);
-            self.remove(id, Some(held));
-        } else {
-            *slot = Some(held);
-        }
-        result
+        let sessions = Arc::clone(self);
+        let id = id.to_owned();
+        // On a task of its own: a client that goes away mid-step drops
+        // only its wait, and the session gets its VM back when the step
+        // ends instead of losing it with the handler.
+        let call = tokio::spawn(async move {
+            let mut slot = entry.held.lock().await;
+            let Some(mut held) = slot.take() else { return Err(DoorError::NoSession(id)) };
+            entry.touch();
+            let joined = tokio::task::spawn_blocking(move || {
+                let result = f(&mut held);
+                (held, result)
+            })
+            .await;
+            let Ok((mut held, result)) = joined else {
+                drop(slot);
+                sessions.remove(&id, None);
+                return Err(DoorError::Failed("the session's thread failed".into()));
+            };
+            entry.touch();
+            if held.session.is_ended() || held.lease.vm.has_exited() {
+                drop(slot);
+                sessions.remove(&id, Some(held));
+            } else {
+                *slot = Some(held);
+            }
+            result
+        });
+        call.await.map_err(|e| DoorError::Failed(e.to_string()))?
     }
 
     /// One step of the session.
-    pub async fn exec(&self, id: &str, request: ExecRequest) -> Result<RunResult, DoorError> {
+    pub async fn exec(self: &Arc<Self>, id: &str, request: ExecRequest) -> Result<RunResult, DoorError> {
         api::check_code(&request.code)?;
         let timeout = api::check_timeout("timeout", request.timeout)?;
         let began = Instant::now();
@@ -248,7 +266,7 @@ impl Sessions {
     }
 
     pub async fn write_file(
-        &self,
+        self: &Arc<Self>,
         id: &str,
         path: String,
         data: Vec<u8>,
@@ -268,18 +286,18 @@ impl Sessions {
         .await
     }
 
-    pub async fn read_file(&self, id: &str, path: String) -> Result<Vec<u8>, DoorError> {
+    pub async fn read_file(self: &Arc<Self>, id: &str, path: String) -> Result<Vec<u8>, DoorError> {
         api::check_guest_path("path", &path)?;
         self.with(id, move |held| held.lease.vm.read_file(&path).map_err(|e| file_error(&path, &e))).await
     }
 
-    pub async fn delete_file(&self, id: &str, path: String) -> Result<(), DoorError> {
+    pub async fn delete_file(self: &Arc<Self>, id: &str, path: String) -> Result<(), DoorError> {
         api::check_guest_path("path", &path)?;
         self.with(id, move |held| held.lease.vm.delete_file(&path).map_err(|e| file_error(&path, &e))).await
     }
 
     /// The entries of a directory; the home when `path` is empty.
-    pub async fn list_files(&self, id: &str, path: String) -> Result<Vec<FileEntry>, DoorError> {
+    pub async fn list_files(self: &Arc<Self>, id: &str, path: String) -> Result<Vec<FileEntry>, DoorError> {
         if !path.is_empty() {
             api::check_guest_path("path", &path)?;
         }
@@ -289,6 +307,9 @@ impl Sessions {
     /// Closes a session and destroys its VM.
     pub async fn close(&self, id: &str) -> Result<(), DoorError> {
         let entry = self.get(id)?;
+        // A step still running ends now: its VM goes first, and the step's
+        // call gives the session back at once (never waited out).
+        kill_qemu(entry.pid);
         let held = entry.held.lock().await.take();
         self.remove(id, held);
         Ok(())

@@ -9,6 +9,7 @@ use std::sync::Arc;
 
 use axum::Router;
 use axum::body::Bytes;
+use axum::extract::rejection::QueryRejection;
 use axum::extract::{Path, Query, Request, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::middleware::{self, Next};
@@ -113,6 +114,8 @@ async fn metrics(State(app): State<App>) -> Response {
 async fn run(State(app): State<App>, headers: HeaderMap, body: Bytes) -> Result<Response, ApiError> {
     let request: RunRequest = parse(&body)?;
     if wants_stream(&headers) {
+        // Bad input is a 400 whether or not the answer would stream.
+        request.check().map_err(crate::error::DoorError::from).map_err(ApiError::from)?;
         return Ok(stream::run(app.door, request));
     }
     let result = app.door.run(request, None).await?;
@@ -158,8 +161,9 @@ struct ListQuery {
 async fn list_files(
     State(app): State<App>,
     Path(id): Path<String>,
-    Query(query): Query<ListQuery>,
+    query: Result<Query<ListQuery>, QueryRejection>,
 ) -> Result<Response, ApiError> {
+    let Query(query) = query.map_err(|e| ApiError::bad_request(e.body_text()))?;
     let entries = app.door.sessions.list_files(&id, query.path).await?;
     Ok(axum::Json(serde_json::json!({ "entries": entries })).into_response())
 }
@@ -175,9 +179,10 @@ struct WriteQuery {
 async fn write_file(
     State(app): State<App>,
     Path((id, path)): Path<(String, String)>,
-    Query(query): Query<WriteQuery>,
+    query: Result<Query<WriteQuery>, QueryRejection>,
     body: Bytes,
 ) -> Result<Response, ApiError> {
+    let Query(query) = query.map_err(|e| ApiError::bad_request(e.body_text()))?;
     let mode = match query.mode.as_deref() {
         None => 0o644,
         Some(text) => u32::from_str_radix(text, 8).map_err(|_| ApiError {
