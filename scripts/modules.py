@@ -227,7 +227,10 @@ class Crate:
             path = re.search(r'\bpath\s*=\s*"(\d+)"', m.group(1))
             if path:
                 target = file.parent / code.strings[int(path.group(1))]
-                found[context + (name,)] = (target if target.is_file() else None, target.parent / target.stem)
+                # As rustc does: a file named mod.rs keeps its children
+                # beside it, any other in a directory of its own name.
+                children = target.parent if target.name == "mod.rs" else target.parent / target.stem
+                found[context + (name,)] = (target if target.is_file() else None, children)
                 continue
             for target in (inline_dir / f"{name}.rs", inline_dir / name / "mod.rs"):
                 if target.is_file():

@@ -14,7 +14,7 @@ use vmhost::api::{self, Download, RunRequest, RunResult, Timings};
 
 pub use crate::error::{DoorError, agent_error, file_error};
 use crate::metrics::{Metrics, Outcome};
-use crate::pool::{Pool, drop_vm};
+use crate::pool::{Pool, drop_vm, kill_qemu};
 use crate::sessions::Sessions;
 
 /// How long past a job's own timeout the service waits for a silent
@@ -60,13 +60,6 @@ impl Drop for Abandon {
             self.cancelled.store(true, Ordering::Relaxed);
             kill_qemu(self.pid.load(Ordering::Relaxed));
         }
-    }
-}
-
-/// SIGKILL to a VM's QEMU (0: none yet).
-pub fn kill_qemu(pid: u32) {
-    if let Some(pid) = i32::try_from(pid).ok().and_then(rustix::process::Pid::from_raw) {
-        let _ = rustix::process::kill_process(pid, rustix::process::Signal::KILL);
     }
 }
 

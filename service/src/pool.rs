@@ -358,6 +358,13 @@ pub fn drop_vm(vm: Vm, metrics: &Metrics) {
     metrics.vms_running.dec();
 }
 
+/// SIGKILL to a VM's QEMU (0: none yet).
+pub fn kill_qemu(pid: u32) {
+    if let Some(pid) = i32::try_from(pid).ok().and_then(rustix::process::Pid::from_raw) {
+        let _ = rustix::process::kill_process(pid, rustix::process::Signal::KILL);
+    }
+}
+
 /// The host's available memory in MiB, from /proc/meminfo.
 fn available_memory_mb() -> Option<u64> {
     let meminfo = std::fs::read_to_string("/proc/meminfo").ok()?;

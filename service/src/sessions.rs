@@ -12,10 +12,9 @@ use serde::{Deserialize, Serialize};
 use vmhost::api::{self, FieldError, Language, RunResult, StartKind, Timings};
 use vmhost::{FileEntry, Session, SessionError};
 
-use crate::door::kill_qemu;
 use crate::error::{DoorError, agent_error, file_error};
 use crate::metrics::{Metrics, Outcome};
-use crate::pool::{Lease, Pool, drop_vm};
+use crate::pool::{Lease, Pool, drop_vm, kill_qemu};
 
 /// Longest idle timeout a session may ask for: an hour, as exec-sandbox
 /// allows; past it a forgotten session would hold a VM for nothing.
