@@ -5,19 +5,31 @@ use std::collections::{BTreeSet, VecDeque};
 
 use super::types::GuestEvent;
 
-/// Events kept for jobs no one is waiting on yet. A job's whole output
-/// stays under this (a 1 MiB output is 32 full chunks); past it, the job
-/// with the most events kept is dropped: nobody is reading it.
-pub const BACKLOG_EVENTS: usize = 4096;
+/// Bytes of events kept for jobs no one is waiting on yet: as much as the
+/// largest file a guest hands back (`guest::files::MAX_FILE`), so a caller
+/// that reads one job while its neighbours write their whole output loses
+/// nothing; past it, the job holding the most is dropped: nobody reads it.
+pub const BACKLOG_BYTES: usize = 256 << 20;
+
+/// What an event costs to keep: its data, and a little for the rest.
+fn cost(event: &GuestEvent) -> usize {
+    64 + match event {
+        GuestEvent::Output { data, .. } => data.len(),
+        GuestEvent::Error { message, .. } => message.len(),
+        _ => 0,
+    }
+}
 
 /// Job ids whose late stdin answers are ignored (see [`Backlog::stale`]):
 /// enough for every job a VM runs at once, several times over.
 const STALE_JOBS: usize = 64;
 
 /// Events read while their job's waiter was not asking, in arrival order,
-/// bounded (see [`BACKLOG_EVENTS`]).
+/// bounded (see [`BACKLOG_BYTES`]).
 pub struct Backlog {
     events: VecDeque<GuestEvent>,
+    /// Bytes kept, by [`cost`], and the most that may be.
+    held: usize,
     limit: usize,
     /// Jobs whose events were dropped for want of a reader.
     dropped: BTreeSet<u32>,
@@ -29,7 +41,7 @@ pub struct Backlog {
 
 impl Default for Backlog {
     fn default() -> Self {
-        Backlog::with_limit(BACKLOG_EVENTS)
+        Backlog::with_limit(BACKLOG_BYTES)
     }
 }
 
@@ -37,6 +49,7 @@ impl Backlog {
     pub fn with_limit(limit: usize) -> Self {
         Backlog {
             events: VecDeque::new(),
+            held: 0,
             limit: limit.max(1),
             dropped: BTreeSet::new(),
             stale: VecDeque::new(),
@@ -49,24 +62,28 @@ impl Backlog {
         if job.is_some_and(|j| self.dropped.contains(&j)) || self.is_stale_answer(&event) {
             return None;
         }
+        self.held += cost(&event);
         self.events.push_back(event);
-        if self.events.len() <= self.limit {
+        if self.held <= self.limit {
             return None;
         }
-        // The job with the most events kept is the one nobody reads.
-        let mut counts = std::collections::BTreeMap::<Option<u32>, usize>::new();
+        // The job holding the most is the one nobody reads.
+        let mut held = std::collections::BTreeMap::<Option<u32>, usize>::new();
         for e in &self.events {
-            *counts.entry(e.job()).or_default() += 1;
+            *held.entry(e.job()).or_default() += cost(e);
         }
-        let (&worst, _) = counts.iter().max_by_key(|(_, n)| **n)?;
+        let (&worst, _) = held.iter().max_by_key(|(_, n)| **n)?;
         match worst {
             Some(id) => {
                 self.events.retain(|e| e.job() != Some(id));
                 self.dropped.insert(id);
+                self.held = self.events.iter().map(cost).sum();
                 Some(id)
             }
             None => {
-                self.events.pop_front();
+                if let Some(e) = self.events.pop_front() {
+                    self.held -= cost(&e);
+                }
                 None
             }
         }
@@ -75,12 +92,16 @@ impl Backlog {
     /// The first kept event `wanted` takes.
     pub fn take(&mut self, wanted: impl Fn(&GuestEvent) -> bool) -> Option<GuestEvent> {
         let i = self.events.iter().position(wanted)?;
-        self.events.remove(i)
+        let event = self.events.remove(i)?;
+        self.held -= cost(&event);
+        Some(event)
     }
 
     /// The oldest kept event.
     pub fn pop(&mut self) -> Option<GuestEvent> {
-        self.events.pop_front()
+        let event = self.events.pop_front()?;
+        self.held -= cost(&event);
+        Some(event)
     }
 
     pub fn len(&self) -> usize {
@@ -142,7 +163,8 @@ mod tests {
 
     #[test]
     fn a_job_nobody_reads_is_dropped_not_grown() {
-        let mut backlog = Backlog::with_limit(8);
+        // Room for eight small events.
+        let mut backlog = Backlog::with_limit(8 * cost(&output(1, Stream::Stdout, b"flood")));
         backlog.push(output(2, Stream::Stdout, b"kept"));
         let mut dropped = None;
         for _ in 0..20 {
@@ -150,6 +172,7 @@ mod tests {
         }
         assert_eq!(dropped, Some(1));
         assert!(backlog.len() <= 8, "bounded: {}", backlog.len());
+        assert!(backlog.held <= backlog.limit);
         assert!(backlog.was_dropped(1) && !backlog.was_dropped(2));
         assert_eq!(backlog.take(|e| e.job() == Some(2)), Some(output(2, Stream::Stdout, b"kept")));
         backlog.reuse(1);
