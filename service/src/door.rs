@@ -137,11 +137,13 @@ impl Door {
     ) -> Result<RunResult, DoorError> {
         // Every refusal of the input comes before any VM is touched.
         let (job, uploads) = request.check()?;
+        // Counted from before the hand-out: taking a VM wakes the refill,
+        // which must already see this run's job coming.
+        let running = self.pool.running();
         let lease = self.pool.take().await?;
         let handed = began.elapsed();
         self.metrics.queue_seconds.observe(handed.as_secs_f64());
         self.metrics.handout_seconds.observe(handed.as_secs_f64());
-        let running = self.pool.running();
         let abandon = Abandon::new();
         abandon.pid.store(lease.vm.pid(), Ordering::Relaxed);
         let cancelled = Arc::clone(&abandon.cancelled);
