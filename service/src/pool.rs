@@ -36,12 +36,15 @@ const WARM_UP_PYTHON: &str = "import os, sys, json\nprint('warm')";
 /// One unit of capacity (`--max-vms`), held by a VM for its life; giving
 /// it back wakes whoever waits for one.
 pub struct Slot {
-    _permit: OwnedSemaphorePermit,
+    permit: Option<OwnedSemaphorePermit>,
     freed: Arc<Notify>,
 }
 
 impl Drop for Slot {
     fn drop(&mut self) {
+        // The permit goes back first: a waiter woken before it would find
+        // no slot and wait again for a wake-up that already came.
+        drop(self.permit.take());
         self.freed.notify_waiters();
     }
 }
@@ -152,7 +155,7 @@ impl Pool {
 
     fn slot(&self) -> Option<Slot> {
         let permit = Arc::clone(&self.slots).try_acquire_owned().ok()?;
-        Some(Slot { _permit: permit, freed: Arc::clone(&self.changed) })
+        Some(Slot { permit: Some(permit), freed: Arc::clone(&self.changed) })
     }
 
     /// Keeps the pool at its target until [`Pool::close`]: started once,
