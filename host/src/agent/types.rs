@@ -22,7 +22,7 @@ pub struct Job {
     /// Python: exec a fresh `python3` rather than fork the warm zygote.
     pub fresh: bool,
     /// The job's stdin; `None`: `/dev/null`. To stream it from a reader,
-    /// use [`Agent::run_with_input`].
+    /// use [`Agent::run_with_input`](crate::Agent::run_with_input).
     pub stdin: Option<Vec<u8>>,
     /// Memory all the job's processes may use together, in MiB; `None`:
     /// the guest's default (three quarters of its memory). Past it, the

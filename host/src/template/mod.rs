@@ -6,7 +6,7 @@
 //!
 //! A template lives in `<cache>/templates/<name>/` as `ram`, `state` and
 //! `meta`, its name the SHA-256 of its [`key`]. [`store`] finds and checks
-//! them; [`build`] makes one. It is made in a `.build-*`
+//! them; `build` makes one. It is made in a `.build-*`
 //! directory and renamed into place, so no one ever reads half of one; a
 //! lock file lets one process make it while the others boot cold rather
 //! than wait or make it twice.
