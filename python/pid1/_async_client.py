@@ -1,0 +1,355 @@
+"""The asyncio client: ``AsyncClient`` and its ``AsyncSession``."""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import os
+import time
+from typing import Any, Awaitable, Callable, Iterable, Mapping, Sequence, Union
+
+import httpx
+
+from . import _protocol as wire
+from ._client import POLL_S, Target
+from ._embedded import START_TIMEOUT_S, EmbeddedService
+from ._errors import Pid1Error, SessionClosedError, UnavailableError
+from ._results import FileInfo, Result, parse_file_info, parse_result
+
+__all__ = ["AsyncClient", "AsyncSession"]
+
+AsyncOutputCallback = Callable[[str], Union[Any, Awaitable[Any]]]
+
+
+def _job_timeout(timeout: float | None) -> httpx.Timeout:
+    return httpx.Timeout(wire.read_timeout(timeout), connect=wire.CONNECT_TIMEOUT_S)
+
+
+async def _call_back(callback: AsyncOutputCallback | None, text: str) -> None:
+    if callback is None or not text:
+        return
+    answer = callback(text)
+    if inspect.isawaitable(answer):
+        await answer
+
+
+class AsyncClient:
+    """An asyncio client of a pid1 service; the arguments are ``Client``'s.
+
+    An embedded service is started when the client is made and awaited on
+    first use (or on ``async with``); it stops at ``aclose()``.
+    """
+
+    def __init__(
+        self,
+        url: str | None = None,
+        token: str | None = None,
+        *,
+        vmexec: str | os.PathLike[str] | None = None,
+        pool: int | None = None,
+        serve_args: Sequence[str] = (),
+        start_timeout: float = START_TIMEOUT_S,
+    ) -> None:
+        self._target = Target(url, token, vmexec, pool, serve_args)
+        uds = self._target.address.uds
+        transport = httpx.AsyncHTTPTransport(uds=uds) if uds else None
+        self._http = httpx.AsyncClient(
+            base_url=self._target.address.base_url,
+            transport=transport,
+            headers=self._target.headers(),
+            timeout=self._target.timeout(),
+        )
+        self._closed = False
+        self._start_timeout = start_timeout
+        self._started = self._target.embedded is None
+        self._starting: asyncio.Lock | None = None
+
+    @property
+    def url(self) -> str:
+        return str(self._target.address)
+
+    @property
+    def embedded(self) -> EmbeddedService | None:
+        return self._target.embedded
+
+    async def _ensure_started(self) -> None:
+        if self._started:
+            return
+        if self._starting is None:
+            self._starting = asyncio.Lock()
+        async with self._starting:
+            if self._started:
+                return
+            embedded = self._target.embedded
+            assert embedded is not None
+            deadline = time.monotonic() + self._start_timeout
+            while True:
+                try:
+                    embedded.check_started()
+                except BaseException:
+                    await self.aclose()
+                    raise
+                try:
+                    if (await self._http.get("/v1/health", timeout=1.0)).status_code == 200:
+                        self._started = True
+                        return
+                except httpx.TransportError:
+                    pass
+                if time.monotonic() > deadline:
+                    error = embedded.start_timed_out(self._start_timeout)
+                    await self.aclose()
+                    raise error
+                await asyncio.sleep(POLL_S)
+
+    # -- transport ---------------------------------------------------------
+
+    async def _request(
+        self,
+        method: str,
+        path: str,
+        *,
+        json: Any = None,
+        content: bytes | None = None,
+        params: Mapping[str, str] | None = None,
+        timeout: httpx.Timeout | None = None,
+    ) -> httpx.Response:
+        if self._closed:
+            raise Pid1Error("the client is closed")
+        await self._ensure_started()
+        try:
+            response = await self._http.request(
+                method,
+                path,
+                json=json,
+                content=content,
+                params=params,
+                timeout=timeout if timeout is not None else httpx.USE_CLIENT_DEFAULT,
+            )
+        except httpx.TransportError as e:
+            raise self._target.unreachable(e) from e
+        if response.status_code >= 400:
+            raise wire.error_from_answer(
+                response.status_code, response.content, response.headers.get("retry-after")
+            )
+        return response
+
+    async def _job(
+        self,
+        path: str,
+        body: dict[str, Any],
+        timeout: float | None,
+        on_stdout: AsyncOutputCallback | None,
+        on_stderr: AsyncOutputCallback | None,
+    ) -> Result:
+        if on_stdout is None and on_stderr is None:
+            response = await self._request("POST", path, json=body, timeout=_job_timeout(timeout))
+            return parse_result(response.json())
+        if self._closed:
+            raise Pid1Error("the client is closed")
+        await self._ensure_started()
+        callbacks = {"stdout": on_stdout, "stderr": on_stderr}
+        reader = wire.StreamReader()
+        try:
+            async with self._http.stream(
+                "POST", path, json=body, headers={"Accept": wire.NDJSON}, timeout=_job_timeout(timeout)
+            ) as response:
+                if response.status_code >= 400:
+                    await response.aread()
+                    raise wire.error_from_answer(
+                        response.status_code, response.content, response.headers.get("retry-after")
+                    )
+                async for line in response.aiter_lines():
+                    piece = reader.line(line)
+                    if piece is not None:
+                        await _call_back(callbacks[piece[0]], piece[1])
+        except httpx.TransportError as e:
+            raise self._target.unreachable(e) from e
+        for stream, text in reader.tails():
+            await _call_back(callbacks[stream], text)
+        return parse_result(reader.finish())
+
+    # -- the API -----------------------------------------------------------
+
+    async def run(
+        self,
+        code: str,
+        language: str = "python",
+        timeout: float | None = 30,
+        env: Mapping[str, str] | None = None,
+        stdin: bytes | str | None = None,
+        files: wire.FileSpec | None = None,
+        download: Iterable[str] | None = None,
+        memory_limit_mb: int | None = None,
+        on_stdout: AsyncOutputCallback | None = None,
+        on_stderr: AsyncOutputCallback | None = None,
+        *,
+        output_limit: int | None = None,
+    ) -> Result:
+        """See ``Client.run``; callbacks may be plain or async functions."""
+        body = wire.run_body(
+            code, language, timeout, env, stdin, files, download, memory_limit_mb, output_limit
+        )
+        return await self._job("/v1/runs", body, timeout, on_stdout, on_stderr)
+
+    def session(
+        self,
+        language: str = "python",
+        memory_limit_mb: int | None = None,
+        idle_timeout: float | None = None,
+    ) -> _SessionOpener:
+        """Opens a session: ``async with client.session() as s`` or
+        ``s = await client.session()``."""
+        return _SessionOpener(self, wire.open_body(language, memory_limit_mb, idle_timeout))
+
+    async def health(self) -> dict[str, Any]:
+        answer: dict[str, Any] = (await self._request("GET", "/v1/health")).json()
+        return answer
+
+    async def wait_ready(self, timeout: float = 120.0, ready: int = 1) -> dict[str, Any]:
+        """See ``Client.wait_ready``."""
+        deadline = time.monotonic() + timeout
+        while True:
+            health = await self.health()
+            pool = health.get("pool", {})
+            if pool.get("ready", 0) >= min(ready, pool.get("target", 0)):
+                return health
+            if time.monotonic() > deadline:
+                raise UnavailableError(
+                    f"the pool did not have {ready} warm VM(s) within {timeout:g} s: {pool}",
+                    code="not_ready",
+                )
+            await asyncio.sleep(POLL_S * 5)
+
+    async def aclose(self) -> None:
+        """Closes the connections and stops an embedded service (idempotent)."""
+        if self._closed:
+            return
+        self._closed = True
+        await self._http.aclose()
+        embedded = self._target.embedded
+        if embedded is not None:
+            # Stopping waits for the process: off the event loop.
+            await asyncio.get_running_loop().run_in_executor(None, embedded.stop)
+
+    close = aclose
+
+    async def __aenter__(self) -> AsyncClient:
+        try:
+            await self._ensure_started()
+        except BaseException:
+            await self.aclose()
+            raise
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+    def __repr__(self) -> str:
+        return f"<pid1.AsyncClient {self.url} {'closed' if self._closed else 'open'}>"
+
+
+class _SessionOpener:
+    """What ``AsyncClient.session`` returns: awaitable, or an async context
+    manager that closes the session at its end."""
+
+    def __init__(self, client: AsyncClient, body: dict[str, Any]) -> None:
+        self._client = client
+        self._body = body
+        self._session: AsyncSession | None = None
+
+    async def _open(self) -> AsyncSession:
+        info = (await self._client._request("POST", "/v1/sessions", json=self._body)).json()
+        return AsyncSession(self._client, info)
+
+    def __await__(self) -> Any:
+        return self._open().__await__()
+
+    async def __aenter__(self) -> AsyncSession:
+        self._session = await self._open()
+        return self._session
+
+    async def __aexit__(self, *exc: object) -> None:
+        if self._session is not None:
+            await self._session.close()
+
+
+class AsyncSession:
+    """A VM held for one caller; see ``AsyncClient.session``."""
+
+    def __init__(self, client: AsyncClient, info: Mapping[str, Any]) -> None:
+        self._client = client
+        self.id: str = str(info["id"])
+        self.language: str = str(info.get("language", ""))
+        self.info: Mapping[str, Any] = info
+        self._closed = False
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise SessionClosedError(f"session {self.id} is closed", code="closed")
+
+    async def _call(self, method: str, tail: str, **kwargs: Any) -> httpx.Response:
+        self._check_open()
+        try:
+            return await self._client._request(method, tail, **kwargs)
+        except SessionClosedError:
+            self._closed = True
+            raise
+
+    async def exec(
+        self,
+        code: str,
+        timeout: float | None = None,
+        env: Mapping[str, str] | None = None,
+        stdin: bytes | str | None = None,
+        on_stdout: AsyncOutputCallback | None = None,
+        on_stderr: AsyncOutputCallback | None = None,
+    ) -> Result:
+        """See ``Session.exec``."""
+        self._check_open()
+        body = wire.exec_body(code, timeout, env, stdin)
+        try:
+            return await self._client._job(
+                wire.session_path(self.id, "/exec"), body, timeout, on_stdout, on_stderr
+            )
+        except SessionClosedError:
+            self._closed = True
+            raise
+
+    async def write_file(self, path: str, data: bytes | str, mode: int = 0o644) -> None:
+        content = data.encode("utf-8") if isinstance(data, str) else bytes(data)
+        await self._call(
+            "PUT", wire.file_path(self.id, path), content=content, params={"mode": format(mode, "o")}
+        )
+
+    async def read_file(self, path: str) -> bytes:
+        return (await self._call("GET", wire.file_path(self.id, path))).content
+
+    async def list_files(self, path: str = "") -> list[FileInfo]:
+        response = await self._call("GET", wire.session_path(self.id, "/files"), params={"path": path})
+        return [parse_file_info(entry, path) for entry in response.json().get("entries", [])]
+
+    async def delete_file(self, path: str) -> None:
+        await self._call("DELETE", wire.file_path(self.id, path))
+
+    async def close(self) -> None:
+        """Closes the session and destroys its VM (idempotent)."""
+        if self._closed:
+            return
+        self._closed = True
+        try:
+            await self._client._request("DELETE", wire.session_path(self.id))
+        except SessionClosedError:
+            pass
+
+    async def __aenter__(self) -> AsyncSession:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    def __repr__(self) -> str:
+        return f"<pid1.AsyncSession {self.id} {self.language} {'closed' if self._closed else 'open'}>"

@@ -1,0 +1,275 @@
+"""The embedded default: a private ``vmexec serve`` for a client that was
+given no service to talk to.
+
+It listens on a Unix socket in a fresh directory of mode 0700, logs to a
+file beside it, and is stopped (SIGTERM, then SIGKILL) when the client
+closes, when the client is garbage-collected, or at interpreter exit. If
+the Python process dies without that, the kernel sends the service SIGTERM
+(``PR_SET_PDEATHSIG``), and the service then kills its QEMUs and removes
+its socket.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import ctypes
+import os
+import queue
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import weakref
+from pathlib import Path
+from typing import Callable, Sequence
+
+from ._errors import SetupError, UnavailableError, VmexecNotFoundError
+from ._protocol import Address
+
+__all__ = ["EmbeddedService", "find_vmexec", "DEFAULT_POOL", "START_TIMEOUT_S"]
+
+# Warm VMs the embedded service keeps: one answers a program's first run at
+# pool speed, and each idle one costs ~40 MiB of host memory.
+DEFAULT_POOL = 1
+
+# Seconds for the embedded service to answer its health check: it listens
+# in well under a second; the margin covers a loaded 2-core host.
+START_TIMEOUT_S = 60.0
+
+# Seconds SIGTERM gives runs still in flight when the client closes; the
+# client is going away, so nobody waits for their answers for long.
+GRACE_S = 2.0
+
+# Seconds after SIGTERM before SIGKILL: the grace, then killing the VMs.
+STOP_TIMEOUT_S = GRACE_S + 8.0
+
+# Bytes of the service's log quoted in an error.
+LOG_TAIL_BYTES = 2000
+
+# A Unix socket's path must fit in sun_path (108 bytes on Linux).
+SOCKET_PATH_MAX = 100
+
+_PR_SET_PDEATHSIG = 1
+
+HOW_TO_GET_VMEXEC = (
+    "build it in a pid1 checkout with `just build` (and the guest image with "
+    "`just image`), then set PID1_VMEXEC=<checkout>/target/release/vmexec or put "
+    "vmexec on PATH (`just install`); or give url= / PID1_SERVER to use a running "
+    "`vmexec serve`"
+)
+
+
+def find_vmexec(explicit: str | os.PathLike[str] | None = None) -> str:
+    """The ``vmexec`` to run: ``explicit``, else ``$PID1_VMEXEC``, else PATH."""
+    given, origin = explicit, "vmexec="
+    if given is None and os.environ.get("PID1_VMEXEC"):
+        given, origin = os.environ["PID1_VMEXEC"], "PID1_VMEXEC="
+    if given is not None:
+        path = Path(given).expanduser()
+        if path.is_file() and os.access(path, os.X_OK):
+            return str(path.resolve())
+        raise VmexecNotFoundError(
+            f"cannot start the embedded pid1 service: {origin}{given} is not an "
+            f"executable file; {HOW_TO_GET_VMEXEC}",
+            code="no_vmexec",
+        )
+    found = shutil.which("vmexec")
+    if found is None:
+        raise VmexecNotFoundError(
+            f"cannot start the embedded pid1 service: no vmexec on PATH; {HOW_TO_GET_VMEXEC}",
+            code="no_vmexec",
+        )
+    return found
+
+
+def _private_dir() -> Path:
+    """A fresh directory only this user can enter, short enough for a socket."""
+    base = tempfile.gettempdir()
+    if len(base) + len("/pid1-XXXXXXXX/sock") > SOCKET_PATH_MAX:
+        base = "/tmp"
+    return Path(tempfile.mkdtemp(prefix="pid1-", dir=base))
+
+
+class _Spawner:
+    """One thread that lives as long as the process and starts every
+    embedded service: a parent-death signal fires when the *thread* that
+    forked exits, so a service started from a short-lived thread would be
+    killed with that thread."""
+
+    def __init__(self) -> None:
+        self._requests: queue.SimpleQueue[
+            tuple[Callable[[], subprocess.Popen[bytes]], concurrent.futures.Future[subprocess.Popen[bytes]]]
+        ] = queue.SimpleQueue()
+        self._thread = threading.Thread(target=self._serve, name="pid1-spawner", daemon=True)
+        self._thread.start()
+
+    def _serve(self) -> None:
+        while True:
+            start, future = self._requests.get()
+            try:
+                future.set_result(start())
+            except BaseException as e:  # handed to the caller
+                future.set_exception(e)
+
+    def spawn(self, start: Callable[[], subprocess.Popen[bytes]]) -> subprocess.Popen[bytes]:
+        future: concurrent.futures.Future[subprocess.Popen[bytes]] = concurrent.futures.Future()
+        self._requests.put((start, future))
+        return future.result()
+
+
+_spawner: _Spawner | None = None
+_spawner_lock = threading.Lock()
+
+
+def _spawn(start: Callable[[], subprocess.Popen[bytes]]) -> subprocess.Popen[bytes]:
+    global _spawner
+    with _spawner_lock:
+        if _spawner is None:
+            _spawner = _Spawner()
+    return _spawner.spawn(start)
+
+
+def _death_signal_setup() -> Callable[[], None] | None:
+    """What the child runs before exec: ask for SIGTERM when the spawner
+    thread (so the Python process) dies, and exit at once if it already has."""
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        prctl = ctypes.CDLL(None, use_errno=True).prctl
+    except (OSError, AttributeError):
+        return None
+    parent = os.getpid()
+
+    def setup() -> None:
+        prctl(_PR_SET_PDEATHSIG, int(signal.SIGTERM), 0, 0, 0)
+        if os.getppid() != parent:
+            os._exit(1)
+
+    return setup
+
+
+def _stop(process: subprocess.Popen[bytes], directory: Path) -> None:
+    """SIGTERM, a bounded wait, then SIGKILL; then the private directory."""
+    if process.poll() is None:
+        try:
+            process.send_signal(signal.SIGTERM)
+            process.wait(timeout=STOP_TIMEOUT_S)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+        except ProcessLookupError:
+            pass
+    shutil.rmtree(directory, ignore_errors=True)
+
+
+class EmbeddedService:
+    """A ``vmexec serve`` of this process's own, on a private Unix socket."""
+
+    def __init__(
+        self,
+        vmexec: str | os.PathLike[str] | None = None,
+        pool: int | None = None,
+        args: Sequence[str] = (),
+    ) -> None:
+        self.vmexec = find_vmexec(vmexec)
+        if pool is None:
+            pool = int(os.environ.get("PID1_POOL", DEFAULT_POOL))
+        if pool < 0:
+            raise ValueError(f"pool: {pool} is not a number of VMs")
+        self.pool = pool
+        self.directory = _private_dir()
+        self.socket = self.directory / "sock"
+        self.log_path = self.directory / "serve.log"
+        self.command = [
+            self.vmexec,
+            "serve",
+            "--listen",
+            f"unix:{self.socket}",
+            "--pool",
+            str(pool),
+            "--grace",
+            str(GRACE_S),
+            *args,
+        ]
+        setup = _death_signal_setup()
+
+        def start() -> subprocess.Popen[bytes]:
+            with open(self.log_path, "wb") as log:
+                return subprocess.Popen(
+                    self.command,
+                    stdin=subprocess.DEVNULL,
+                    stdout=log,
+                    stderr=log,
+                    start_new_session=True,
+                    preexec_fn=setup,
+                )
+
+        try:
+            self.process = _spawn(start)
+        except OSError as e:
+            shutil.rmtree(self.directory, ignore_errors=True)
+            raise SetupError(f"cannot start the embedded pid1 service ({self.vmexec}): {e}") from e
+        self._finalizer = weakref.finalize(self, _stop, self.process, self.directory)
+
+    @property
+    def address(self) -> Address:
+        return Address(base_url="http://pid1", uds=str(self.socket))
+
+    @property
+    def url(self) -> str:
+        """The ``unix:`` URL another client can use to share this service."""
+        return f"unix:{self.socket}"
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid
+
+    def log_tail(self) -> str:
+        try:
+            with open(self.log_path, "rb") as log:
+                log.seek(0, os.SEEK_END)
+                size = log.tell()
+                log.seek(max(0, size - LOG_TAIL_BYTES))
+                return log.read().decode("utf-8", "replace").strip()
+        except OSError:
+            return ""
+
+    def exited(self, when: str = "") -> str | None:
+        """Why the service is gone, or ``None`` while it runs."""
+        status = self.process.poll()
+        if status is None:
+            return None
+        how = f"was killed by signal {-status}" if status < 0 else f"exited with status {status}"
+        tail = self.log_tail()
+        return f"the embedded pid1 service (vmexec serve) {how}{when}" + (
+            f"; its log ends:\n{tail}" if tail else ""
+        )
+
+    def check_started(self) -> None:
+        """Raises ``SetupError`` if the service exited before it answered."""
+        why = self.exited(" before it answered")
+        if why is not None:
+            self.stop()
+            raise SetupError(why, code="serve_exited")
+
+    def start_timed_out(self, timeout: float) -> SetupError:
+        tail = self.log_tail()
+        self.stop()
+        return SetupError(
+            f"the embedded pid1 service did not answer within {timeout:g} s"
+            + (f"; its log ends:\n{tail}" if tail else ""),
+            code="serve_timeout",
+        )
+
+    def unavailable(self, cause: BaseException) -> UnavailableError:
+        """The error for a call that could not reach the service."""
+        why = self.exited()
+        if why is None:
+            return UnavailableError(f"the embedded pid1 service did not answer: {cause}", code="unreachable")
+        return UnavailableError(why, code="service_died")
+
+    def stop(self) -> None:
+        """Stops the service (idempotent) and removes its directory."""
+        self._finalizer()
