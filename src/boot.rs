@@ -36,6 +36,10 @@ pub fn boot(config: &Config) {
     mount(c"tmpfs", c"/dev/shm", c"tmpfs", hardened, Some(c"mode=1777"));
     mount(c"tmpfs", c"/tmp", c"tmpfs", hardened, Some(c"mode=1777"));
     mount(c"tmpfs", c"/run", c"tmpfs", hardened | MountFlags::NOEXEC, Some(c"mode=0755"));
+    // A package layer, when the host attached one as the second disk.
+    if rustix::fs::stat(c"/dev/vdb").is_ok() {
+        mount(c"/dev/vdb", c"/opt/pid1/packages", c"erofs", hardened | MountFlags::RDONLY, None);
+    }
 
     let uid = config.jobs.uid;
     let home = Text::<64>::of(pieces!["mode=0700,uid=", uid, ",gid=", uid, "\0"]);
