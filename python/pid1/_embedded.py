@@ -1,8 +1,8 @@
 """The embedded default: a private ``vmexec serve`` for a client that was
 given no service to talk to.
 
-It listens on a Unix socket in a fresh directory of mode 0700, logs to a
-file beside it, and is stopped (SIGTERM, then SIGKILL) when the client
+It listens on a Unix socket of its own in this user's directory of mode
+0700, logs to a file that has no name, and is stopped (SIGTERM, then SIGKILL) when the client
 closes, when the client is garbage-collected, or at interpreter exit. If
 the Python process dies without that, the kernel sends the service SIGTERM
 (``PR_SET_PDEATHSIG``), and the service then kills its QEMUs and removes
@@ -12,18 +12,21 @@ its socket.
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import ctypes
 import os
 import queue
+import secrets
 import shutil
 import signal
+import stat
 import subprocess
 import sys
 import tempfile
 import threading
 import weakref
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import BinaryIO, Callable, Sequence
 
 from ._errors import SetupError, UnavailableError, VmexecNotFoundError
 from ._protocol import Address
@@ -84,12 +87,34 @@ def find_vmexec(explicit: str | os.PathLike[str] | None = None) -> str:
     return found
 
 
-def _private_dir() -> Path:
-    """A fresh directory only this user can enter, short enough for a socket."""
-    base = tempfile.gettempdir()
-    if len(base) + len("/pid1-XXXXXXXX/sock") > SOCKET_PATH_MAX:
-        base = "/tmp"
-    return Path(tempfile.mkdtemp(prefix="pid1-", dir=base))
+def _runtime_dir() -> Path:
+    """This user's directory for embedded services' sockets: made mode 0700
+    once and reused, so that a Python process killed outright leaves
+    nothing new behind (its service removes its own socket)."""
+    uid = os.getuid()
+    runtime = os.environ.get("XDG_RUNTIME_DIR", "")
+    candidates = [Path(runtime) / "pid1"] if os.path.isabs(runtime) else []
+    candidates.append(Path(tempfile.gettempdir()) / f"pid1-py-{uid}")
+    candidates.append(Path("/tmp") / f"pid1-py-{uid}")
+    refused = []
+    for directory in candidates:
+        if len(str(directory)) + len("/4194304-0123456789ab.sock") > SOCKET_PATH_MAX:
+            continue
+        try:
+            directory.mkdir(mode=0o700, exist_ok=True)
+            info = directory.lstat()
+        except OSError as e:
+            refused.append(f"{directory}: {e}")
+            continue
+        if stat.S_ISDIR(info.st_mode) and info.st_uid == uid and info.st_mode & 0o077 == 0:
+            return directory
+        refused.append(f"{directory}: not a directory of mode 0700 owned by uid {uid}")
+    raise SetupError(
+        "cannot start the embedded pid1 service: no private directory for its socket ("
+        + "; ".join(refused)
+        + ")",
+        code="no_directory",
+    )
 
 
 class _Spawner:
@@ -150,8 +175,8 @@ def _death_signal_setup() -> Callable[[], None] | None:
     return setup
 
 
-def _stop(process: subprocess.Popen[bytes], directory: Path) -> None:
-    """SIGTERM, a bounded wait, then SIGKILL; then the private directory."""
+def _stop(process: subprocess.Popen[bytes], socket: Path, log: BinaryIO) -> None:
+    """SIGTERM, a bounded wait, then SIGKILL; then what it may have left."""
     if process.poll() is None:
         try:
             process.send_signal(signal.SIGTERM)
@@ -161,7 +186,10 @@ def _stop(process: subprocess.Popen[bytes], directory: Path) -> None:
             process.wait()
         except ProcessLookupError:
             pass
-    shutil.rmtree(directory, ignore_errors=True)
+    # The service removes its socket when it stops; not when SIGKILLed.
+    with contextlib.suppress(FileNotFoundError):
+        socket.unlink()
+    log.close()
 
 
 class EmbeddedService:
@@ -179,9 +207,9 @@ class EmbeddedService:
         if pool < 0:
             raise ValueError(f"pool: {pool} is not a number of VMs")
         self.pool = pool
-        self.directory = _private_dir()
-        self.socket = self.directory / "sock"
-        self.log_path = self.directory / "serve.log"
+        self.directory = _runtime_dir()
+        name = f"{os.getpid()}-{secrets.token_hex(6)}"
+        self.socket = self.directory / f"{name}.sock"
         self.command = [
             self.vmexec,
             "serve",
@@ -194,24 +222,32 @@ class EmbeddedService:
             *args,
         ]
         setup = _death_signal_setup()
+        # The log is read through a handle of its own (the service appends
+        # through another) and has no name once the service holds it, so
+        # nothing of it outlives both processes.
+        log_path = self.directory / f"{name}.log"
+        appender = open(log_path, "ab")
+        self._log = open(log_path, "rb")
+        log_path.unlink()
 
         def start() -> subprocess.Popen[bytes]:
-            with open(self.log_path, "wb") as log:
-                return subprocess.Popen(
-                    self.command,
-                    stdin=subprocess.DEVNULL,
-                    stdout=log,
-                    stderr=log,
-                    start_new_session=True,
-                    preexec_fn=setup,
-                )
+            return subprocess.Popen(
+                self.command,
+                stdin=subprocess.DEVNULL,
+                stdout=appender,
+                stderr=appender,
+                start_new_session=True,
+                preexec_fn=setup,
+            )
 
         try:
             self.process = _spawn(start)
         except OSError as e:
-            shutil.rmtree(self.directory, ignore_errors=True)
+            self._log.close()
             raise SetupError(f"cannot start the embedded pid1 service ({self.vmexec}): {e}") from e
-        self._finalizer = weakref.finalize(self, _stop, self.process, self.directory)
+        finally:
+            appender.close()
+        self._finalizer = weakref.finalize(self, _stop, self.process, self.socket, self._log)
 
     @property
     def address(self) -> Address:
@@ -227,13 +263,13 @@ class EmbeddedService:
         return self.process.pid
 
     def log_tail(self) -> str:
+        """The end of the service's log (its stderr)."""
         try:
-            with open(self.log_path, "rb") as log:
-                log.seek(0, os.SEEK_END)
-                size = log.tell()
-                log.seek(max(0, size - LOG_TAIL_BYTES))
-                return log.read().decode("utf-8", "replace").strip()
-        except OSError:
+            self._log.seek(0, os.SEEK_END)
+            size = self._log.tell()
+            self._log.seek(max(0, size - LOG_TAIL_BYTES))
+            return self._log.read().decode("utf-8", "replace").strip()
+        except (OSError, ValueError):
             return ""
 
     def exited(self, when: str = "") -> str | None:
@@ -271,5 +307,5 @@ class EmbeddedService:
         return UnavailableError(why, code="service_died")
 
     def stop(self) -> None:
-        """Stops the service (idempotent) and removes its directory."""
+        """Stops the service (idempotent); its socket goes with it."""
         self._finalizer()
