@@ -38,7 +38,15 @@ from pid1.exec_sandbox import (
 HEALTH = {
     "status": "ok",
     "version": "test",
-    "pool": {"ready": 0, "warming": 0, "in_use": 0, "capacity": 1, "target": 0, "waiting": 0, "queue_limit": 0},
+    "pool": {
+        "ready": 0,
+        "warming": 0,
+        "in_use": 0,
+        "capacity": 1,
+        "target": 0,
+        "waiting": 0,
+        "queue_limit": 0,
+    },
     "sessions": 0,
     "template": {"state": "ready", "detail": ""},
     "accel": "tcg",
@@ -165,7 +173,12 @@ def test_config_defaults() -> None:
     c = SchedulerConfig()
     assert (c.warm_pool_size, c.default_memory_mb, c.default_timeout_seconds) == (0, 192, 30)
     assert c.session_idle_timeout_seconds == 300 and c.images_dir is None
-    assert (c.s3_bucket, c.s3_region, c.s3_prefix, c.max_concurrent_s3_uploads) == (None, "us-east-1", "snapshots/", 4)
+    assert (c.s3_bucket, c.s3_region, c.s3_prefix, c.max_concurrent_s3_uploads) == (
+        None,
+        "us-east-1",
+        "snapshots/",
+        4,
+    )
     assert c.enable_package_validation and c.auto_download_assets
 
 
@@ -266,7 +279,11 @@ async def test_blocked_env_names(scheduler: Scheduler, name: str) -> None:
 @pytest.mark.asyncio
 @pytest.mark.parametrize(
     ("change", "error"),
-    [(c, e) for c, e in BAD_RUNS if set(c) & {"memory_mb", "language", "allow_network", "allowed_domains", "expose_ports", "packages"}],
+    [
+        (c, e)
+        for c, e in BAD_RUNS
+        if set(c) & {"memory_mb", "language", "allow_network", "allowed_domains", "expose_ports", "packages"}
+    ],
 )
 async def test_session_refuses_before_any_request(
     scheduler: Scheduler, change: dict[str, object], error: type[Exception]

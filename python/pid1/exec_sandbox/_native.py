@@ -17,6 +17,7 @@ from .exceptions import (
     CommunicationOutcomeUnknownError,
     EnvVarValidationError,
     InputValidationError,
+    OutputLimitError,
     SandboxError,
     SessionClosedError,
     VmCapacityError,
@@ -35,6 +36,32 @@ SERVICE_LANGUAGE = {Language.PYTHON: "python", Language.RAW: "sh"}
 
 def _ms(value: object) -> int:
     return round(float(value)) if isinstance(value, (int, float)) else 0
+
+
+MAX_STDOUT_BYTES = 1_000_000
+MAX_STDERR_BYTES = 100_000
+"""exec-sandbox's output limits: past either, a call raises
+``OutputLimitError`` (its output until then has reached the callbacks)."""
+
+RUN_OUTPUT_LIMIT = MAX_STDOUT_BYTES + 1
+"""What a run asks the service to keep of each stream: one byte past the
+larger limit tells a cut stream from one that fits exactly."""
+
+
+def check_output_limits(result: pid1.Result, *, operation: str) -> None:
+    over = [
+        f"{name} ({len(data)}{'+' if cut else ''} bytes, max {limit})"
+        for name, data, cut, limit in (
+            ("stdout", result.stdout_bytes, result.stdout_truncated, MAX_STDOUT_BYTES),
+            ("stderr", result.stderr_bytes, result.stderr_truncated, MAX_STDERR_BYTES),
+        )
+        if cut or len(data) > limit
+    ]
+    if over:
+        raise OutputLimitError(
+            f"{operation}: output limit exceeded: {', '.join(over)}",
+            context={"operation": operation},
+        )
 
 
 def timed_out_note(timeout_seconds: int) -> str:

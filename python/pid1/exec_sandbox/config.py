@@ -53,9 +53,7 @@ class SchedulerConfig:
     """Where the guest image is: ``PID1_IMAGE_DIR`` of the embedded service."""
     disk_snapshot_cache_dir: Path = field(default_factory=lambda: _cache_dir() / "disk-snapshots")
     """Accepted, not used."""
-    memory_snapshot_cache_dir: Path = field(
-        default_factory=lambda: _cache_dir() / "memory-snapshots"
-    )
+    memory_snapshot_cache_dir: Path = field(default_factory=lambda: _cache_dir() / "memory-snapshots")
     """Accepted, not used."""
     s3_bucket: str | None = None
     """Accepted, not used."""

@@ -19,11 +19,19 @@ from types import TracebackType
 import pid1
 
 from . import validation
-from ._native import SERVICE_LANGUAGE, env_prefix, execution_result, guarded, translate
+from ._native import (
+    RUN_OUTPUT_LIMIT,
+    SERVICE_LANGUAGE,
+    check_output_limits,
+    env_prefix,
+    execution_result,
+    guarded,
+    translate,
+)
 from .config import SchedulerConfig
-from .exceptions import OutputLimitError, SandboxError, VmDependencyError
+from .exceptions import SandboxError, VmDependencyError
 from .models import ExecutionResult, Language, PortMapping
-from .session import Session, _output_limit_message
+from .session import Session
 
 __all__ = ["Scheduler"]
 
@@ -73,9 +81,7 @@ class Scheduler:
             return
         try:
             # Sessions left open die with the scheduler, as exec-sandbox's do.
-            await asyncio.gather(
-                *(s._close_quietly() for s in list(self._sessions)), return_exceptions=True
-            )
+            await asyncio.gather(*(s._close_quietly() for s in list(self._sessions)), return_exceptions=True)
         finally:
             await client.aclose()
 
@@ -200,17 +206,15 @@ class Scheduler:
                 memory_limit_mb=memory,
                 on_stdout=guarded(on_stdout, "on_stdout"),
                 on_stderr=guarded(on_stderr, "on_stderr"),
+                output_limit=RUN_OUTPUT_LIMIT,
             )
         except pid1.Pid1Error as e:
             raise translate(e, operation="run") from e
         client_ms = round((time.monotonic() - began) * 1000)
         if on_boot_log is not None:
             _boot_log(on_boot_log, result)
-        if result.stdout_truncated or result.stderr_truncated:
-            raise OutputLimitError(_output_limit_message(result), context={"operation": "run"})
-        return execution_result(
-            result, timeout_seconds=timeout, client_ms=client_ms, in_session=False
-        )
+        check_output_limits(result, operation="run")
+        return execution_result(result, timeout_seconds=timeout, client_ms=client_ms, in_session=False)
 
     async def session(
         self,

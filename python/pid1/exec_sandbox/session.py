@@ -21,8 +21,8 @@ from typing import IO, Any
 import pid1
 
 from . import validation
-from ._native import env_prefix, execution_result, guarded, translate
-from .exceptions import OutputLimitError, SessionClosedError
+from ._native import check_output_limits, env_prefix, execution_result, guarded, logger, translate
+from .exceptions import SessionClosedError
 from .models import ExecutionResult, ExposedPort, FileInfo, Language
 
 __all__ = ["Session"]
@@ -123,11 +123,8 @@ class Session:
             )
             client_ms = round((time.monotonic() - began) * 1000)
             self._exec_count += 1
-        if result.stdout_truncated or result.stderr_truncated:
-            raise OutputLimitError(_output_limit_message(result), context={"operation": "exec"})
-        return execution_result(
-            result, timeout_seconds=timeout, client_ms=client_ms, in_session=True
-        )
+        check_output_limits(result, operation="exec")
+        return execution_result(result, timeout_seconds=timeout, client_ms=client_ms, in_session=True)
 
     async def write_file(
         self, path: str, content: bytes | Path | IO[bytes], *, make_executable: bool = False
@@ -154,9 +151,7 @@ class Session:
         """The entries of the guest directory ``path`` (``""``: the home)."""
         async with self._guard("list_files"):
             entries = await self._native.list_files(path)
-        return [
-            FileInfo(name=e.name, is_dir=e.is_dir, size=0 if e.is_dir else e.size) for e in entries
-        ]
+        return [FileInfo(name=e.name, is_dir=e.is_dir, size=0 if e.is_dir else e.size) for e in entries]
 
     async def close(self) -> None:
         """Closes the session and destroys its VM (idempotent; concurrent
@@ -177,10 +172,12 @@ class Session:
             raise translate(e, operation="close") from e
 
     async def _close_quietly(self) -> None:
+        """Closes on a failure path, where the failure being raised matters
+        more than one from the close."""
         try:
             await self.close()
         except Exception:
-            pass
+            logger.warning("closing session %s failed", self.vm_id, exc_info=True)
 
     async def __aenter__(self) -> Session:
         return self
@@ -196,11 +193,6 @@ class Session:
     def __repr__(self) -> str:
         state = "closed" if self._closed else "open"
         return f"<Session {self.vm_id} {self._language.value} {state} exec_count={self._exec_count}>"
-
-
-def _output_limit_message(result: pid1.Result) -> str:
-    streams = [s for s, cut in (("stdout", result.stdout_truncated), ("stderr", result.stderr_truncated)) if cut]
-    return f"{' and '.join(streams)} exceeded the service's output limit; the output before it was streamed"
 
 
 def _read_content(content: bytes | Path | IO[bytes] | Any) -> bytes:

@@ -196,8 +196,7 @@ def _check_package_spec(spec: object) -> None:
     end = next((i for i, c in enumerate(spec) if c in _VERSION_OPERATORS), -1)
     if end <= 0 or not _PACKAGE_NAME.match(spec[:end]):
         raise PackageNotAllowedError(
-            f"Invalid package spec: {spec!r}. Must include version specifier "
-            "(e.g., pandas==2.0.0)"
+            f"Invalid package spec: {spec!r}. Must include version specifier (e.g., pandas==2.0.0)"
         )
     if not spec[end:].strip(_VERSION_OPERATORS):
         raise PackageNotAllowedError(f"Invalid package spec: {spec!r} (empty version after operator)")
@@ -225,9 +224,7 @@ def check_env_vars(env_vars: Mapping[str, str] | None) -> dict[str, str]:
     if not isinstance(env_vars, Mapping):
         raise EnvVarValidationError(f"env_vars must be a dict, not {type(env_vars).__name__}")
     if len(env_vars) > MAX_ENV_VARS:
-        raise EnvVarValidationError(
-            f"Too many environment variables: {len(env_vars)} (max {MAX_ENV_VARS})"
-        )
+        raise EnvVarValidationError(f"Too many environment variables: {len(env_vars)} (max {MAX_ENV_VARS})")
     for key, value in env_vars.items():
         if not isinstance(key, str) or not isinstance(value, str):
             raise EnvVarValidationError(f"Environment variable {key!r}: names and values are strings")
@@ -235,14 +232,12 @@ def check_env_vars(env_vars: Mapping[str, str] | None) -> dict[str, str]:
             raise EnvVarValidationError(f"Blocked environment variable: '{key}' (security risk)")
         if not key or len(key) > MAX_ENV_VAR_NAME_LENGTH:
             raise EnvVarValidationError(
-                f"Invalid environment variable name length: {len(key)} "
-                f"(must be 1-{MAX_ENV_VAR_NAME_LENGTH})"
+                f"Invalid environment variable name length: {len(key)} (must be 1-{MAX_ENV_VAR_NAME_LENGTH})"
             )
         size = len(value.encode("utf-8", "surrogatepass"))
         if len(value) > MAX_ENV_VAR_VALUE_LENGTH or size > MAX_ENV_VAR_VALUE_LENGTH:
             raise EnvVarValidationError(
-                f"Environment variable '{key}' value too large: {size} bytes "
-                f"(max {MAX_ENV_VAR_VALUE_LENGTH})"
+                f"Environment variable '{key}' value too large: {size} bytes (max {MAX_ENV_VAR_VALUE_LENGTH})"
             )
         if _forbidden_control(key):
             raise EnvVarValidationError(
