@@ -13,16 +13,12 @@ import httpx
 from . import _protocol as wire
 from ._client import POLL_S, Target
 from ._embedded import START_TIMEOUT_S, EmbeddedService
-from ._errors import Pid1Error, SessionClosedError, UnavailableError
-from ._results import FileInfo, Result, parse_file_info, parse_result
+from ._errors import Pid1Error, SessionClosedError
+from ._results import FileInfo, Result, parse_result
 
 __all__ = ["AsyncClient", "AsyncSession"]
 
 AsyncOutputCallback = Callable[[str], Union[Any, Awaitable[Any]]]
-
-
-def _job_timeout(timeout: float | None) -> httpx.Timeout:
-    return httpx.Timeout(wire.read_timeout(timeout), connect=wire.CONNECT_TIMEOUT_S)
 
 
 async def _call_back(callback: AsyncOutputCallback | None, text: str) -> None:
@@ -103,47 +99,30 @@ class AsyncClient:
 
     # -- transport ---------------------------------------------------------
 
-    async def _request(
-        self,
-        method: str,
-        path: str,
-        *,
-        json: Any = None,
-        content: bytes | None = None,
-        params: Mapping[str, str] | None = None,
-        timeout: httpx.Timeout | None = None,
-    ) -> httpx.Response:
+    async def _send(self, call: wire.Call) -> httpx.Response:
         if self._closed:
             raise Pid1Error("the client is closed")
         await self._ensure_started()
         try:
             response = await self._http.request(
-                method,
-                path,
-                json=json,
-                content=content,
-                params=params,
-                timeout=timeout if timeout is not None else httpx.USE_CLIENT_DEFAULT,
+                call.method,
+                call.path,
+                json=call.json,
+                content=call.content,
+                params=call.params,
+                timeout=call.timeout(),
             )
         except httpx.TransportError as e:
             raise self._target.unreachable(e) from e
-        if response.status_code >= 400:
-            raise wire.error_from_answer(
-                response.status_code, response.content, response.headers.get("retry-after")
-            )
+        wire.raise_for_answer(response)
         return response
 
     async def _job(
-        self,
-        path: str,
-        body: dict[str, Any],
-        timeout: float | None,
-        on_stdout: AsyncOutputCallback | None,
-        on_stderr: AsyncOutputCallback | None,
+        self, call: wire.Call, on_stdout: AsyncOutputCallback | None, on_stderr: AsyncOutputCallback | None
     ) -> Result:
+        """A run or a session step; streamed when there is a callback."""
         if on_stdout is None and on_stderr is None:
-            response = await self._request("POST", path, json=body, timeout=_job_timeout(timeout))
-            return parse_result(response.json())
+            return parse_result((await self._send(call)).json())
         if self._closed:
             raise Pid1Error("the client is closed")
         await self._ensure_started()
@@ -151,13 +130,11 @@ class AsyncClient:
         reader = wire.StreamReader()
         try:
             async with self._http.stream(
-                "POST", path, json=body, headers={"Accept": wire.NDJSON}, timeout=_job_timeout(timeout)
+                call.method, call.path, json=call.json, headers={"Accept": wire.NDJSON}, timeout=call.timeout()
             ) as response:
                 if response.status_code >= 400:
                     await response.aread()
-                    raise wire.error_from_answer(
-                        response.status_code, response.content, response.headers.get("retry-after")
-                    )
+                    wire.raise_for_answer(response)
                 async for line in response.aiter_lines():
                     piece = reader.line(line)
                     if piece is not None:
@@ -186,10 +163,10 @@ class AsyncClient:
         output_limit: int | None = None,
     ) -> Result:
         """See ``Client.run``; callbacks may be plain or async functions."""
-        body = wire.run_body(
+        call = wire.run_call(
             code, language, timeout, env, stdin, files, download, memory_limit_mb, output_limit
         )
-        return await self._job("/v1/runs", body, timeout, on_stdout, on_stderr)
+        return await self._job(call, on_stdout, on_stderr)
 
     def session(
         self,
@@ -199,10 +176,10 @@ class AsyncClient:
     ) -> _SessionOpener:
         """Opens a session: ``async with client.session() as s`` or
         ``s = await client.session()``."""
-        return _SessionOpener(self, wire.open_body(language, memory_limit_mb, idle_timeout))
+        return _SessionOpener(self, wire.open_call(language, memory_limit_mb, idle_timeout))
 
     async def health(self) -> dict[str, Any]:
-        answer: dict[str, Any] = (await self._request("GET", "/v1/health")).json()
+        answer: dict[str, Any] = (await self._send(wire.health_call())).json()
         return answer
 
     async def wait_ready(self, timeout: float = 120.0, ready: int = 1) -> dict[str, Any]:
@@ -210,14 +187,10 @@ class AsyncClient:
         deadline = time.monotonic() + timeout
         while True:
             health = await self.health()
-            pool = health.get("pool", {})
-            if pool.get("ready", 0) >= min(ready, pool.get("target", 0)):
+            if wire.pool_ready(health, ready):
                 return health
             if time.monotonic() > deadline:
-                raise UnavailableError(
-                    f"the pool did not have {ready} warm VM(s) within {timeout:g} s: {pool}",
-                    code="not_ready",
-                )
+                raise wire.not_ready(health, ready, timeout)
             await asyncio.sleep(POLL_S * 5)
 
     async def aclose(self) -> None:
@@ -252,14 +225,13 @@ class _SessionOpener:
     """What ``AsyncClient.session`` returns: awaitable, or an async context
     manager that closes the session at its end."""
 
-    def __init__(self, client: AsyncClient, body: dict[str, Any]) -> None:
+    def __init__(self, client: AsyncClient, call: wire.Call) -> None:
         self._client = client
-        self._body = body
+        self._call = call
         self._session: AsyncSession | None = None
 
     async def _open(self) -> AsyncSession:
-        info = (await self._client._request("POST", "/v1/sessions", json=self._body)).json()
-        return AsyncSession(self._client, info)
+        return AsyncSession(self._client, (await self._client._send(self._call)).json())
 
     def __await__(self) -> Any:
         return self._open().__await__()
@@ -291,10 +263,10 @@ class AsyncSession:
         if self._closed:
             raise SessionClosedError(f"session {self.id} is closed", code="closed")
 
-    async def _call(self, method: str, tail: str, **kwargs: Any) -> httpx.Response:
+    async def _send(self, call: wire.Call) -> httpx.Response:
         self._check_open()
         try:
-            return await self._client._request(method, tail, **kwargs)
+            return await self._client._send(call)
         except SessionClosedError:
             self._closed = True
             raise
@@ -310,30 +282,24 @@ class AsyncSession:
     ) -> Result:
         """See ``Session.exec``."""
         self._check_open()
-        body = wire.exec_body(code, timeout, env, stdin)
+        call = wire.exec_call(self.id, code, timeout, env, stdin)
         try:
-            return await self._client._job(
-                wire.session_path(self.id, "/exec"), body, timeout, on_stdout, on_stderr
-            )
+            return await self._client._job(call, on_stdout, on_stderr)
         except SessionClosedError:
             self._closed = True
             raise
 
     async def write_file(self, path: str, data: bytes | str, mode: int = 0o644) -> None:
-        content = data.encode("utf-8") if isinstance(data, str) else bytes(data)
-        await self._call(
-            "PUT", wire.file_path(self.id, path), content=content, params={"mode": format(mode, "o")}
-        )
+        await self._send(wire.write_file_call(self.id, path, data, mode))
 
     async def read_file(self, path: str) -> bytes:
-        return (await self._call("GET", wire.file_path(self.id, path))).content
+        return (await self._send(wire.read_file_call(self.id, path))).content
 
     async def list_files(self, path: str = "") -> list[FileInfo]:
-        response = await self._call("GET", wire.session_path(self.id, "/files"), params={"path": path})
-        return [parse_file_info(entry, path) for entry in response.json().get("entries", [])]
+        return wire.list_entries((await self._send(wire.list_files_call(self.id, path))).json(), path)
 
     async def delete_file(self, path: str) -> None:
-        await self._call("DELETE", wire.file_path(self.id, path))
+        await self._send(wire.delete_file_call(self.id, path))
 
     async def close(self) -> None:
         """Closes the session and destroys its VM (idempotent)."""
@@ -341,7 +307,7 @@ class AsyncSession:
             return
         self._closed = True
         try:
-            await self._client._request("DELETE", wire.session_path(self.id))
+            await self._client._send(wire.close_call(self.id))
         except SessionClosedError:
             pass
 

@@ -11,7 +11,7 @@ import httpx
 from . import _protocol as wire
 from ._embedded import START_TIMEOUT_S, EmbeddedService
 from ._errors import Pid1Error, SessionClosedError, UnavailableError
-from ._results import FileInfo, Result, parse_file_info, parse_result
+from ._results import FileInfo, Result, parse_result
 
 __all__ = ["Client", "Session", "Target"]
 
@@ -57,8 +57,9 @@ class Target:
         )
 
 
-def _job_timeout(timeout: float | None) -> httpx.Timeout:
-    return httpx.Timeout(wire.read_timeout(timeout), connect=wire.CONNECT_TIMEOUT_S)
+def _call_back(callback: OutputCallback | None, text: str) -> None:
+    if callback is not None and text:
+        callback(text)
 
 
 class Client:
@@ -124,70 +125,46 @@ class Client:
 
     # -- transport ---------------------------------------------------------
 
-    def _request(
-        self,
-        method: str,
-        path: str,
-        *,
-        json: Any = None,
-        content: bytes | None = None,
-        params: Mapping[str, str] | None = None,
-        timeout: httpx.Timeout | None = None,
-    ) -> httpx.Response:
+    def _send(self, call: wire.Call) -> httpx.Response:
         if self._closed:
             raise Pid1Error("the client is closed")
         try:
             response = self._http.request(
-                method,
-                path,
-                json=json,
-                content=content,
-                params=params,
-                timeout=timeout if timeout is not None else httpx.USE_CLIENT_DEFAULT,
+                call.method,
+                call.path,
+                json=call.json,
+                content=call.content,
+                params=call.params,
+                timeout=call.timeout(),
             )
         except httpx.TransportError as e:
             raise self._target.unreachable(e) from e
-        if response.status_code >= 400:
-            raise wire.error_from_answer(
-                response.status_code, response.content, response.headers.get("retry-after")
-            )
+        wire.raise_for_answer(response)
         return response
 
-    def _job(
-        self,
-        path: str,
-        body: dict[str, Any],
-        timeout: float | None,
-        on_stdout: OutputCallback | None,
-        on_stderr: OutputCallback | None,
-    ) -> Result:
+    def _job(self, call: wire.Call, on_stdout: OutputCallback | None, on_stderr: OutputCallback | None) -> Result:
+        """A run or a session step; streamed when there is a callback."""
         if on_stdout is None and on_stderr is None:
-            return parse_result(self._request("POST", path, json=body, timeout=_job_timeout(timeout)).json())
+            return parse_result(self._send(call).json())
         if self._closed:
             raise Pid1Error("the client is closed")
         callbacks = {"stdout": on_stdout, "stderr": on_stderr}
         reader = wire.StreamReader()
         try:
             with self._http.stream(
-                "POST", path, json=body, headers={"Accept": wire.NDJSON}, timeout=_job_timeout(timeout)
+                call.method, call.path, json=call.json, headers={"Accept": wire.NDJSON}, timeout=call.timeout()
             ) as response:
                 if response.status_code >= 400:
                     response.read()
-                    raise wire.error_from_answer(
-                        response.status_code, response.content, response.headers.get("retry-after")
-                    )
+                    wire.raise_for_answer(response)
                 for line in response.iter_lines():
                     piece = reader.line(line)
                     if piece is not None:
-                        callback = callbacks[piece[0]]
-                        if callback is not None and piece[1]:
-                            callback(piece[1])
+                        _call_back(callbacks[piece[0]], piece[1])
         except httpx.TransportError as e:
             raise self._target.unreachable(e) from e
         for stream, text in reader.tails():
-            callback = callbacks[stream]
-            if callback is not None:
-                callback(text)
+            _call_back(callbacks[stream], text)
         return parse_result(reader.finish())
 
     # -- the API -----------------------------------------------------------
@@ -213,10 +190,10 @@ class Client:
         ``download``: guest paths whose content comes back in
         ``Result.files``; ``on_stdout``/``on_stderr``: called with text as
         the job writes it."""
-        body = wire.run_body(
+        call = wire.run_call(
             code, language, timeout, env, stdin, files, download, memory_limit_mb, output_limit
         )
-        return self._job("/v1/runs", body, timeout, on_stdout, on_stderr)
+        return self._job(call, on_stdout, on_stderr)
 
     def session(
         self,
@@ -228,13 +205,11 @@ class Client:
         shell process whose state persists across ``exec`` calls. Closed by
         ``close()``, by leaving its ``with`` block, or ``idle_timeout``
         seconds after its last call (the service's default: 300)."""
-        body = wire.open_body(language, memory_limit_mb, idle_timeout)
-        info = self._request("POST", "/v1/sessions", json=body).json()
-        return Session(self, info)
+        return Session(self, self._send(wire.open_call(language, memory_limit_mb, idle_timeout)).json())
 
     def health(self) -> dict[str, Any]:
         """The service's ``/v1/health``: its pool, sessions, template, version."""
-        answer: dict[str, Any] = self._request("GET", "/v1/health").json()
+        answer: dict[str, Any] = self._send(wire.health_call()).json()
         return answer
 
     def wait_ready(self, timeout: float = 120.0, ready: int = 1) -> dict[str, Any]:
@@ -243,14 +218,10 @@ class Client:
         deadline = time.monotonic() + timeout
         while True:
             health = self.health()
-            pool = health.get("pool", {})
-            if pool.get("ready", 0) >= min(ready, pool.get("target", 0)):
+            if wire.pool_ready(health, ready):
                 return health
             if time.monotonic() > deadline:
-                raise UnavailableError(
-                    f"the pool did not have {ready} warm VM(s) within {timeout:g} s: {pool}",
-                    code="not_ready",
-                )
+                raise wire.not_ready(health, ready, timeout)
             time.sleep(POLL_S * 5)
 
     def close(self) -> None:
@@ -287,17 +258,17 @@ class Session:
     def closed(self) -> bool:
         return self._closed
 
-    def _call(self, method: str, tail: str, **kwargs: Any) -> httpx.Response:
-        self._check_open()
-        try:
-            return self._client._request(method, tail, **kwargs)
-        except SessionClosedError:
-            self._closed = True
-            raise
-
     def _check_open(self) -> None:
         if self._closed:
             raise SessionClosedError(f"session {self.id} is closed", code="closed")
+
+    def _send(self, call: wire.Call) -> httpx.Response:
+        self._check_open()
+        try:
+            return self._client._send(call)
+        except SessionClosedError:
+            self._closed = True
+            raise
 
     def exec(
         self,
@@ -311,34 +282,28 @@ class Session:
         """Runs one step in the session's process (its state kept). In
         Python a last bare expression's value is printed, as in a notebook."""
         self._check_open()
-        body = wire.exec_body(code, timeout, env, stdin)
+        call = wire.exec_call(self.id, code, timeout, env, stdin)
         try:
-            return self._client._job(
-                wire.session_path(self.id, "/exec"), body, timeout, on_stdout, on_stderr
-            )
+            return self._client._job(call, on_stdout, on_stderr)
         except SessionClosedError:
             self._closed = True
             raise
 
     def write_file(self, path: str, data: bytes | str, mode: int = 0o644) -> None:
         """Writes a guest file (missing directories are made)."""
-        content = data.encode("utf-8") if isinstance(data, str) else bytes(data)
-        self._call(
-            "PUT", wire.file_path(self.id, path), content=content, params={"mode": format(mode, "o")}
-        )
+        self._send(wire.write_file_call(self.id, path, data, mode))
 
     def read_file(self, path: str) -> bytes:
         """A guest file's bytes."""
-        return self._call("GET", wire.file_path(self.id, path)).content
+        return self._send(wire.read_file_call(self.id, path)).content
 
     def list_files(self, path: str = "") -> list[FileInfo]:
         """A guest directory's entries, by name (``""``: the home)."""
-        listing = self._call("GET", wire.session_path(self.id, "/files"), params={"path": path}).json()
-        return [parse_file_info(entry, path) for entry in listing.get("entries", [])]
+        return wire.list_entries(self._send(wire.list_files_call(self.id, path)).json(), path)
 
     def delete_file(self, path: str) -> None:
         """Deletes a guest file, link or empty directory."""
-        self._call("DELETE", wire.file_path(self.id, path))
+        self._send(wire.delete_file_call(self.id, path))
 
     def close(self) -> None:
         """Closes the session and destroys its VM (idempotent)."""
@@ -346,7 +311,7 @@ class Session:
             return
         self._closed = True
         try:
-            self._client._request("DELETE", wire.session_path(self.id))
+            self._client._send(wire.close_call(self.id))
         except SessionClosedError:
             pass
 

@@ -8,23 +8,32 @@ import base64
 import codecs
 import json
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Iterable, Mapping, Union
 from urllib.parse import quote
 
+import httpx
+
 from ._errors import InvalidRequestError, Pid1Error, UnavailableError, error_from_body
-from ._results import File
+from ._results import File, FileInfo, parse_file_info
 
 __all__ = [
     "NDJSON",
     "Address",
-    "parse_address",
-    "run_body",
-    "exec_body",
-    "open_body",
-    "file_path",
-    "read_timeout",
+    "Call",
     "StreamReader",
+    "parse_address",
+    "run_call",
+    "exec_call",
+    "open_call",
+    "close_call",
+    "health_call",
+    "write_file_call",
+    "read_file_call",
+    "list_files_call",
+    "delete_file_call",
+    "raise_for_answer",
+    "pool_ready",
 ]
 
 NDJSON = "application/x-ndjson"
@@ -71,6 +80,22 @@ def parse_address(url: str) -> Address:
     if url.startswith(("http://", "https://")):
         return Address(base_url=url.rstrip("/"))
     raise ValueError(f"{url!r}: give unix:/path/to.sock or http://host:port")
+
+
+@dataclass(frozen=True)
+class Call:
+    """One request: what either client sends, and how long it waits for the
+    answer (``None``: without end, for a job with no timeout)."""
+
+    method: str
+    path: str
+    json: Any = None
+    content: bytes | None = None
+    params: Mapping[str, str] = field(default_factory=dict)
+    wait_s: float | None = CALL_TIMEOUT_S
+
+    def timeout(self) -> httpx.Timeout:
+        return httpx.Timeout(self.wait_s, connect=CONNECT_TIMEOUT_S)
 
 
 def _bytes(value: bytes | str, what: str) -> bytes:
@@ -218,6 +243,61 @@ def read_timeout(job_timeout: float | None) -> float | None:
     return job_timeout + ANSWER_MARGIN_S
 
 
+def run_call(
+    code: str,
+    language: str,
+    timeout: float | None,
+    env: Mapping[str, str] | None,
+    stdin: bytes | str | None,
+    files: FileSpec | None,
+    download: Iterable[str] | None,
+    memory_limit_mb: int | None,
+    output_limit: int | None,
+) -> Call:
+    body = run_body(code, language, timeout, env, stdin, files, download, memory_limit_mb, output_limit)
+    return Call("POST", "/v1/runs", json=body, wait_s=read_timeout(timeout))
+
+
+def exec_call(
+    session_id: str,
+    code: str,
+    timeout: float | None,
+    env: Mapping[str, str] | None,
+    stdin: bytes | str | None,
+) -> Call:
+    body = exec_body(code, timeout, env, stdin)
+    return Call("POST", session_path(session_id, "/exec"), json=body, wait_s=read_timeout(timeout))
+
+
+def open_call(language: str, memory_limit_mb: int | None, idle_timeout: float | None) -> Call:
+    return Call("POST", "/v1/sessions", json=open_body(language, memory_limit_mb, idle_timeout))
+
+
+def close_call(session_id: str) -> Call:
+    return Call("DELETE", session_path(session_id))
+
+
+def health_call() -> Call:
+    return Call("GET", "/v1/health")
+
+
+def write_file_call(session_id: str, path: str, data: bytes | str, mode: int) -> Call:
+    content = _bytes(data, "data")
+    return Call("PUT", file_path(session_id, path), content=content, params={"mode": format(mode, "o")})
+
+
+def read_file_call(session_id: str, path: str) -> Call:
+    return Call("GET", file_path(session_id, path))
+
+
+def list_files_call(session_id: str, path: str) -> Call:
+    return Call("GET", session_path(session_id, "/files"), params={"path": path})
+
+
+def delete_file_call(session_id: str, path: str) -> Call:
+    return Call("DELETE", file_path(session_id, path))
+
+
 def error_from_answer(status: int, content: bytes, retry_after: str | None) -> Pid1Error:
     try:
         body = json.loads(content) if content else None
@@ -229,6 +309,29 @@ def error_from_answer(status: int, content: bytes, retry_after: str | None) -> P
         error.message = f"{error.message}: {text}"
         error.args = (error.message,)
     return error
+
+
+def raise_for_answer(response: httpx.Response) -> None:
+    """Raises the error an answer of 4xx or 5xx carries (its body read)."""
+    if response.status_code >= 400:
+        raise error_from_answer(response.status_code, response.content, response.headers.get("retry-after"))
+
+
+def pool_ready(health: Mapping[str, Any], ready: int) -> bool:
+    """Whether ``ready`` warm VMs (at most the pool's target) can be handed out."""
+    pool = health.get("pool", {})
+    return bool(pool.get("ready", 0) >= min(ready, pool.get("target", 0)))
+
+
+def not_ready(health: Mapping[str, Any], ready: int, timeout: float) -> UnavailableError:
+    return UnavailableError(
+        f"the pool did not have {ready} warm VM(s) within {timeout:g} s: {health.get('pool')}",
+        code="not_ready",
+    )
+
+
+def list_entries(answer: Mapping[str, Any], path: str) -> list[FileInfo]:
+    return [parse_file_info(entry, path) for entry in answer.get("entries", [])]
 
 
 class StreamReader:

@@ -69,7 +69,7 @@ def test_close_stops_the_embedded_service_and_removes_its_directory() -> None:
     client.close()
     assert embedded.process.poll() == 0
     assert not embedded.socket.exists()
-    assert not list(embedded.directory.glob(f"{os.getpid()}-*")), "a socket or log was left"
+    assert not list(embedded.directory.glob(f"{embedded.socket.stem}.*")), "a socket or log was left"
     client.close()
 
 
@@ -125,7 +125,7 @@ def test_the_service_dies_with_the_python_process() -> None:
         assert wait_gone(pid), f"the service {pid} outlived the Python process that started it"
         # It stopped cleanly: its socket is gone, and its log had no name.
         assert not Path(socket).exists()
-        assert not list(Path(socket).parent.glob(f"{child.pid}-*"))
+        assert not list(Path(socket).parent.glob(f"{Path(socket).stem}.*"))
     finally:
         child.kill()
         child.wait()
