@@ -145,7 +145,7 @@ def _stdin(stdin: bytes | str | None) -> str | None:
         ) from None
 
 
-def run_body(
+def run_call(
     code: str,
     language: str,
     timeout: float | None,
@@ -155,8 +155,8 @@ def run_body(
     download: Iterable[str] | None,
     memory_limit_mb: int | None,
     output_limit: int | None,
-) -> dict[str, Any]:
-    """The JSON body of ``POST /v1/runs``; the service checks the values."""
+) -> Call:
+    """``POST /v1/runs``; the service checks the values."""
     body: dict[str, Any] = {"code": code, "language": language}
     if timeout is not None:
         body["timeout"] = timeout
@@ -176,7 +176,7 @@ def run_body(
         body["memory_limit_mb"] = memory_limit_mb
     if output_limit is not None:
         body["output_limit"] = output_limit
-    return body
+    return Call("POST", "/v1/runs", json=body, wait_s=read_timeout(timeout))
 
 
 def exec_body(
@@ -241,21 +241,6 @@ def read_timeout(job_timeout: float | None) -> float | None:
     if job_timeout <= 0:
         return None
     return job_timeout + ANSWER_MARGIN_S
-
-
-def run_call(
-    code: str,
-    language: str,
-    timeout: float | None,
-    env: Mapping[str, str] | None,
-    stdin: bytes | str | None,
-    files: FileSpec | None,
-    download: Iterable[str] | None,
-    memory_limit_mb: int | None,
-    output_limit: int | None,
-) -> Call:
-    body = run_body(code, language, timeout, env, stdin, files, download, memory_limit_mb, output_limit)
-    return Call("POST", "/v1/runs", json=body, wait_s=read_timeout(timeout))
 
 
 def exec_call(

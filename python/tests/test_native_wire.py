@@ -115,18 +115,18 @@ def test_results_keep_exact_bytes_and_say_timeouts_and_signals() -> None:
 
 
 def test_bodies_carry_files_as_base64_and_refuse_what_json_cannot_say() -> None:
-    body = wire.run_body(
+    body = wire.run_call(
         "x", "sh", 5, {"A": "1"}, b"in", {"a.txt": "é"}, ["out"], 64, None
-    )
+    ).json
     assert body["stdin"] == "in" and body["download"] == ["out"]
     assert body["files"] == [{"path": "a.txt", "content": base64.b64encode("é".encode()).decode(), "mode": 0o644}]
-    listed = wire.run_body("x", "python", None, None, None, [pid1.File("r.sh", b"#!", 0o755)], None, None, None)
+    listed = wire.run_call("x", "python", None, None, None, [pid1.File("r.sh", b"#!", 0o755)], None, None, None).json
     assert listed["files"][0]["mode"] == 0o755 and "timeout" not in listed
     with pytest.raises(pid1.InvalidRequestError, match="not UTF-8") as caught:
-        wire.run_body("x", "python", None, None, b"\xff", None, None, None, None)
+        wire.run_call("x", "python", None, None, b"\xff", None, None, None, None)
     assert caught.value.field == "stdin"
     with pytest.raises(pid1.InvalidRequestError, match="files\\[0\\]"):
-        wire.run_body("x", "python", None, None, None, ["a.txt"], None, None, None)  # type: ignore[list-item]
+        wire.run_call("x", "python", None, None, None, ["a.txt"], None, None, None)  # type: ignore[list-item]
     with pytest.raises(pid1.InvalidRequestError, match="environment is fixed"):
         wire.exec_body("x", None, {"A": "1"}, None)
 
