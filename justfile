@@ -135,6 +135,16 @@ unit:
 test: setup lint unit image
     cargo test --release -p vmtests
     scripts/fuzz-api
+    scripts/test-python
+
+# The Python SDK's tests (python/tests) against real VMs, in build/venv (made from PyPI when missing); pytest arguments may follow
+test-python *args: image
+    scripts/test-python "$@"
+
+# The MCP server on stdio (python -m pid1.mcp) for an MCP client to start, with its own vmexec serve (or PID1_SERVER's)
+mcp:
+    scripts/test-python --setup >&2
+    PID1_VMEXEC="${PID1_VMEXEC:-target/release/vmexec}" build/venv/bin/python -m pid1.mcp
 
 # Fuzz a real service's HTTP API against service/openapi.json (Schemathesis, ~1-3 min under TCG); nothing may be left after SIGTERM
 fuzz-api *args: image
@@ -174,6 +184,10 @@ bench-boot n="10": image
 # The service against vmexec run (warm-pool hits, alternating), then load from 4 and 16 clients; medians, p95/p99, ratios
 bench-serve n="20" load="200": image
     cargo run --release -q -p vmserve --bin bench-serve -- --runs "$1" --load-runs "$2" --clients 4,16
+
+# print(1) through the Python SDK (and the exec-sandbox drop-in) on a warm pool, against raw HTTP and vmexec run; medians and ratios
+bench-python n="30": image
+    scripts/bench-python --runs "$1"
 
 # RUNS runs through one service from 8 clients, each checked for its own output; nothing may be left after SIGTERM
 soak runs="2000": image
