@@ -55,6 +55,7 @@ HEALTH = {
 
 class StandIn(ThreadingHTTPServer):
     requests: list[str]
+    health: dict[str, object]
 
 
 class Handler(BaseHTTPRequestHandler):
@@ -62,7 +63,7 @@ class Handler(BaseHTTPRequestHandler):
 
     def _answer(self) -> None:
         if self.path == "/v1/health":
-            body, status = json.dumps(HEALTH).encode(), 200
+            body, status = json.dumps(self.server.health).encode(), 200
         else:
             self.server.requests.append(f"{self.command} {self.path}")
             body = json.dumps({"error": {"kind": "failed", "message": "the stand-in runs nothing"}}).encode()
@@ -83,6 +84,7 @@ class Handler(BaseHTTPRequestHandler):
 def stand_in() -> Iterator[StandIn]:
     server = StandIn(("127.0.0.1", 0), Handler)
     server.requests = []
+    server.health = HEALTH
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     yield server
@@ -327,3 +329,18 @@ async def test_unreachable_service_is_a_sandbox_error(tmp_path: Path) -> None:
     with pytest.raises(es.CommunicationError):
         async with Scheduler(url=f"unix:{tmp_path / 'none.sock'}"):
             pass
+
+
+@pytest.mark.asyncio
+async def test_wait_pool_ready_times_out_on_a_pool_that_stays_empty(stand_in: StandIn) -> None:
+    pool = {**HEALTH["pool"], "target": 1, "ready": 0}  # type: ignore[dict-item]
+    stand_in.health = {**HEALTH, "pool": pool}
+    try:
+        url = f"http://127.0.0.1:{stand_in.server_address[1]}"
+        async with Scheduler(SchedulerConfig(warm_pool_size=1), url=url) as scheduler:
+            with pytest.raises(TimeoutError, match="0 of 1"):
+                await scheduler.wait_pool_ready(timeout=0.3)
+        async with Scheduler(url=url) as scheduler:
+            await scheduler.wait_pool_ready(timeout=0.3)  # no pool asked for: no wait
+    finally:
+        stand_in.health = HEALTH

@@ -135,3 +135,19 @@ async def test_scheduler_exit_closes_its_sessions(service_url: str) -> None:
         session = await scheduler.session(language="python")
         await session.exec("y = 1")
     assert session.closed
+
+
+@pytest.mark.asyncio
+async def test_embedded_default_with_a_warm_pool() -> None:
+    """No url and no PID1_SERVER: an embedded service of the scheduler's
+    own, its pool warm_pool_size, stopped on exit."""
+    async with Scheduler(SchedulerConfig(warm_pool_size=1)) as scheduler:
+        client = scheduler._client
+        assert client is not None and client.embedded is not None
+        await scheduler.wait_pool_ready(timeout=300)
+        pool = (await client.health())["pool"]
+        assert pool["target"] == 1 and pool["ready"] == 1
+        result = await scheduler.run("print(6 * 7)", language="python")
+        assert result.stdout == "42\n" and result.warm_pool_hit
+        embedded = client.embedded
+    assert embedded.exited() is not None, "the embedded service outlived its scheduler"
