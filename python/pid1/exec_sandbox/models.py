@@ -37,9 +37,10 @@ class _Model:
 
 
 class Language(str, Enum):
-    """The languages exec-sandbox names. ``RAW`` is a shell script here
-    (the guest's POSIX ``sh``); ``JAVASCRIPT`` is refused with
-    ``NotSupportedError``: pid1's guest has no JavaScript runtime."""
+    """The languages exec-sandbox names. ``RAW`` is a shell script (the
+    guest's bash; a ``#!`` line picks another interpreter); ``JAVASCRIPT``
+    is refused with ``NotSupportedError``: pid1's guest has no JavaScript
+    runtime."""
 
     PYTHON = "python"
     JAVASCRIPT = "javascript"

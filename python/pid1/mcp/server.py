@@ -37,7 +37,7 @@ MAX_SESSIONS = 16
 forgets to close them should hear so before the host runs out."""
 
 INSTRUCTIONS = (
-    "Runs code in throwaway microVMs (no network; Python 3.11 and a POSIX shell). "
+    "Runs code in throwaway microVMs (no network; Python 3.11 and bash). "
     "run_python / run_shell give each call a fresh VM. For state across calls "
     "(variables, files), session_open, then session_exec, and session_close when done."
 )
@@ -209,8 +209,9 @@ def build_server(tools: SandboxTools) -> MCPServer:
 
     @server.tool()
     async def run_shell(command: str, timeout: float = 30, stdin: str | None = None) -> str:
-        """Run a POSIX shell script (sh, busybox tools) in a fresh sandbox VM
-        (no network, destroyed after). Returns the exit code, stdout and stderr."""
+        """Run a shell script (bash, with busybox's tools; a #! line picks
+        another interpreter) in a fresh sandbox VM (no network, destroyed
+        after). Returns the exit code, stdout and stderr."""
         return await tools.run(command, "sh", timeout, stdin)
 
     @server.tool()
