@@ -175,8 +175,13 @@ def _death_signal_setup() -> Callable[[], None] | None:
     return setup
 
 
-def _stop(process: subprocess.Popen[bytes], socket: Path, log: BinaryIO) -> None:
-    """SIGTERM, a bounded wait, then SIGKILL; then what it may have left."""
+def _stop(process: subprocess.Popen[bytes], socket: Path, log: BinaryIO, owner: int) -> None:
+    """SIGTERM, a bounded wait, then SIGKILL; then what it may have left.
+    Only the process that started the service stops it: a child forked
+    from it (multiprocessing, a worker pool) inherits the client and its
+    exit handlers, and must not take its parent's service down."""
+    if os.getpid() != owner:
+        return
     if process.poll() is None:
         try:
             process.send_signal(signal.SIGTERM)
@@ -247,7 +252,7 @@ class EmbeddedService:
             raise SetupError(f"cannot start the embedded pid1 service ({self.vmexec}): {e}") from e
         finally:
             appender.close()
-        self._finalizer = weakref.finalize(self, _stop, self.process, self.socket, self._log)
+        self._finalizer = weakref.finalize(self, _stop, self.process, self.socket, self._log, os.getpid())
 
     @property
     def address(self) -> Address:

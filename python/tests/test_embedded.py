@@ -82,6 +82,20 @@ async def test_an_async_client_stops_its_service_too() -> None:
     assert not embedded.socket.exists()
 
 
+def test_a_forked_child_leaves_its_parents_service_alone() -> None:
+    with pid1.Client(pool=0) as client:
+        child = os.fork()
+        if child == 0:
+            try:
+                client.close()
+            finally:
+                os._exit(0)
+        os.waitpid(child, 0)
+        assert client.embedded is not None and client.embedded.socket.exists()
+        with pid1.Client(url=client.url) as fresh:
+            assert fresh.health()["pool"]["target"] == 0
+
+
 def test_a_killed_service_is_a_clear_unavailable_error() -> None:
     with pid1.Client(pool=0) as client:
         assert client.embedded is not None
