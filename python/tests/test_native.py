@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import time
 import pytest
 
 import pid1
@@ -54,6 +55,20 @@ def test_callbacks_get_output_as_it_streams_in_order(client: pid1.Client) -> Non
     # ...and across streams they came in the order the job wrote them.
     lines = [line for _, text in seen for line in text.splitlines() if line]
     assert lines == ["out0", "err0", "out1", "err1", "out2", "err2"]
+
+
+def test_a_callback_that_raises_ends_the_run_and_the_client_goes_on(client: pid1.Client) -> None:
+    def refuse(text: str) -> None:
+        raise LookupError(f"refused {text!r}")
+
+    with pytest.raises(LookupError, match="refused 'first"):
+        client.run("import time\nprint('first', flush=True)\ntime.sleep(30)", on_stdout=refuse)
+    assert client.run("print('after')").stdout == "after\n"
+    # The abandoned job's VM was destroyed, not left to sleep out its 30 s.
+    deadline = time.monotonic() + 20
+    while client.health()["pool"]["in_use"] and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert client.health()["pool"]["in_use"] == 0
 
 
 def test_binary_output_survives_exactly(client: pid1.Client) -> None:
