@@ -116,8 +116,8 @@ def pool(cluster: RayCluster) -> Iterator[pid1.ray.Pool]:
         # The accelerator probe (a KVM boot with a deadline) is not what
         # these tests are about, and each node's cache would pay it.
         serve_args=["--accel", "tcg"],
-        # The test looks at the cluster itself (refresh()) when it changes it.
-        refresh_interval=0,
+        # Short, so that the node that joins is picked up within the test.
+        refresh_interval=2,
     )
     try:
         yield made
@@ -171,8 +171,13 @@ def test_a_node_lost_mid_batch_fails_its_runs_over_and_its_session_says_so(
     cluster: RayCluster, pool: pid1.ray.Pool
 ) -> None:
     joined = cluster.cluster.add_node(**node_args("c"))
-    nodes = pool.refresh()
-    assert sorted(node.state for node in nodes) == ["ready"] * 3, nodes
+    # The pool looks at the cluster by itself and starts the joined node's service.
+    wait_for(
+        lambda: sorted(node.state for node in pool.nodes()) == ["ready"] * 3,
+        300,
+        "the joined node's service is not ready",
+    )
+    nodes = pool.nodes()
     node_c = next(node.node_id for node in nodes if node.labels[LABEL] == "c")
     session = pool.session(node=node_c)
     session.exec("x = 41")

@@ -15,7 +15,7 @@ import ray.exceptions
 from .._async_client import _call_back
 from .._errors import SandboxError
 
-__all__ = ["Deadline", "NodeGone", "answer", "streamed", "translate"]
+__all__ = ["Deadline", "NodeGone", "answer", "answer_now", "streamed", "translate"]
 
 # Seconds on top of the SDK's own deadline for a node's answer: the SDK in
 # the actor gives up first, so this fires only when the actor itself is
@@ -82,6 +82,22 @@ def _cancel(ref: Any) -> None:
         ray.cancel(ref)
     except Exception:  # already finished or gone: nothing to cancel
         pass
+
+
+def answer_now(ref: ray.ObjectRef[Any], node: str, deadline: Deadline) -> Any:
+    """``answer`` for a blocking caller: ``ray.get`` on the caller's own
+    thread, so a run from a blocking caller crosses no other thread of the
+    driver on its way out or back."""
+    try:
+        return ray.get(ref, timeout=deadline.left())
+    except ray.exceptions.GetTimeoutError:
+        _cancel(ref)
+        raise _no_answer(node, deadline) from None
+    except Exception as e:
+        raise translate(e, node) from None
+    except BaseException:
+        _cancel(ref)
+        raise
 
 
 async def answer(ref: ray.ObjectRef[Any], node: str, deadline: Deadline) -> Any:

@@ -20,7 +20,7 @@ import asyncio
 import itertools
 import threading
 from collections import deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from ._errors import NoNodesError
 
@@ -47,14 +47,24 @@ class NodeLoad:
         return self.used < self.slots
 
 
-@dataclass(eq=False)
-class _Waiter:
-    loop: asyncio.AbstractEventLoop
-    future: asyncio.Future[str]
+@dataclass(frozen=True)
+class _Wish:
+    """What a caller asks for: any node but ``exclude``, or only ``node``;
+    a run's slot or a session's."""
+
     exclude: frozenset[str]
     node: str | None
     session: bool
-    granted: str | None = field(default=None)
+
+
+@dataclass(eq=False)
+class _Waiter:
+    """A caller in line, woken on its own loop."""
+
+    wish: _Wish
+    loop: asyncio.AbstractEventLoop
+    future: asyncio.Future[str]
+    granted: str | None = None
 
 
 class Placement:
@@ -108,6 +118,16 @@ class Placement:
 
     # -- taking and giving back --------------------------------------------
 
+    def take_now(
+        self,
+        exclude: frozenset[str] = frozenset(),
+        node: str | None = None,
+        session: bool = False,
+    ) -> str | None:
+        """``take`` without waiting: a node with room now, or ``None``."""
+        with self._lock:
+            return self._take_now(_Wish(exclude, node, session))
+
     async def take(
         self,
         exclude: frozenset[str] = frozenset(),
@@ -119,15 +139,12 @@ class Placement:
         use; ``node``: only this one. Raises ``NoNodesError`` when no node
         that fits is alive or starting."""
         loop = asyncio.get_running_loop()
-        waiter = _Waiter(loop, loop.create_future(), exclude, node, session)
+        wish = _Wish(exclude, node, session)
+        waiter = _Waiter(wish, loop, loop.create_future())
         with self._lock:
-            refusal = self._refusal(waiter)
-            if refusal is not None:
-                raise refusal
-            chosen = self._choose(waiter)
+            chosen = self._take_now(wish)
             if chosen is not None:
-                self._hold(chosen, session)
-                return chosen.node_id
+                return chosen
             self._waiters.append(waiter)
         try:
             return await waiter.future
@@ -155,15 +172,25 @@ class Placement:
 
     # -- under the lock ----------------------------------------------------
 
-    def _fits(self, waiter: _Waiter, load: NodeLoad) -> bool:
-        if load.node_id in waiter.exclude:
-            return False
-        return waiter.node is None or waiter.node == load.node_id
+    def _take_now(self, wish: _Wish) -> str | None:
+        refusal = self._refusal(wish)
+        if refusal is not None:
+            raise refusal
+        chosen = self._choose(wish)
+        if chosen is None:
+            return None
+        self._hold(chosen, wish.session)
+        return chosen.node_id
 
-    def _choose(self, waiter: _Waiter) -> NodeLoad | None:
+    def _fits(self, wish: _Wish, load: NodeLoad) -> bool:
+        if load.node_id in wish.exclude:
+            return False
+        return wish.node is None or wish.node == load.node_id
+
+    def _choose(self, wish: _Wish) -> NodeLoad | None:
         best: NodeLoad | None = None
         for load in self._nodes.values():
-            if not load.has_room or not self._fits(waiter, load):
+            if not load.has_room or not self._fits(wish, load):
                 continue
             if best is None or (load.used / load.slots, load.turn) < (
                 best.used / best.slots,
@@ -179,17 +206,17 @@ class Placement:
             load.running += 1
         load.turn = next(self._turns)
 
-    def _refusal(self, waiter: _Waiter) -> NoNodesError | None:
+    def _refusal(self, wish: _Wish) -> NoNodesError | None:
         """Why no node, ready or to come, could serve the waiter; ``None``
         while one could."""
         if self._closed is not None:
             return NoNodesError(self._closed)
-        if any(self._fits(waiter, load) for load in self._nodes.values()):
+        if any(self._fits(wish, load) for load in self._nodes.values()):
             return None
-        if self._starting and waiter.node is None:
+        if self._starting and wish.node is None:
             return None
-        if waiter.node is not None:
-            return NoNodesError(f"node {waiter.node} is not (or no longer) in the pool")
+        if wish.node is not None:
+            return NoNodesError(f"node {wish.node} is not (or no longer) in the pool")
         if self._nodes:
             return NoNodesError("no node of the pool is left besides those already tried")
         return NoNodesError("no node of the pool is alive")
@@ -206,19 +233,19 @@ class Placement:
             waiter = self._waiters.popleft()
             if waiter.future.done():
                 continue
-            refusal = self._refusal(waiter)
+            refusal = self._refusal(waiter.wish)
             if refusal is not None:
                 _wake(waiter, refusal)
                 continue
-            chosen = self._choose(waiter)
+            chosen = self._choose(waiter.wish)
             if chosen is None:
                 kept.append(waiter)
                 continue
-            self._hold(chosen, waiter.session)
+            self._hold(chosen, waiter.wish.session)
             waiter.granted = chosen.node_id
             if not _wake(waiter, chosen.node_id):
                 waiter.granted = None
-                if waiter.session:
+                if waiter.wish.session:
                     chosen.sessions -= 1
                 else:
                     chosen.running -= 1

@@ -18,14 +18,14 @@ import logging
 import threading
 from collections.abc import Awaitable, Callable, Coroutine, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from typing import Any, TypeVar, Union
+from typing import Any, NoReturn, TypeVar, Union
 
 import ray
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from .. import _protocol as wire
 from .._errors import Pid1Error, SetupError, UnavailableError
-from ._calls import RAY_MARGIN_S, Deadline, NodeGone, answer, streamed
+from ._calls import RAY_MARGIN_S, Deadline, NodeGone, answer, answer_now, streamed
 from ._errors import NodeLostError, NoNodesError
 from ._node import NodeResult, NodeService, NodeSettings
 from ._placement import Placement
@@ -211,22 +211,31 @@ class Pool:
         """``pid1.Client.run`` on a node with room; ``result.node`` says
         which. ``node``: only that node (no retry elsewhere). Callbacks are
         called on the pool's thread."""
-        return self._sync(
-            self.run_async(
-                code,
-                language,
-                timeout,
-                env,
-                stdin,
-                files,
-                download,
-                memory_limit_mb,
-                on_stdout,
-                on_stderr,
-                output_limit=output_limit,
-                node=node,
-            )
+        self._check_open()
+        request = _run_request(
+            code, language, timeout, env, stdin, files, download, memory_limit_mb, output_limit
         )
+        callbacks = {"stdout": on_stdout, "stderr": on_stderr}
+        tries = _Tries(self, "run", node)
+        if (
+            on_stdout is None
+            and on_stderr is None
+            and threading.current_thread() is not self._thread
+        ):
+            # A slot free now: the call goes out and its answer is awaited
+            # on this thread, without the two hops to the pool's thread.
+            node_id = self._placement.take_now(tries.exclude, node)
+            if node_id is not None:
+                tries.tried.append(node_id)
+                try:
+                    ref = self._actor(node_id).run.remote(request)
+                    result: NodeResult = answer_now(ref, node_id, _run_deadline(timeout))
+                    return result
+                except (NodeGone, UnavailableError) as e:
+                    tries.failed(node_id, e)
+                finally:
+                    self._placement.give_back(node_id)
+        return self._sync(self._run(request, callbacks, node, tries))
 
     def submit(
         self,
@@ -371,26 +380,24 @@ class Pool:
         """``run`` for asyncio callers, on their loop (callbacks may be
         async); ``asyncio.gather`` keeps thousands in flight."""
         self._check_open()
-        request = {
-            "code": code,
-            "language": language,
-            "timeout": timeout,
-            "env": dict(env) if env is not None else None,
-            "stdin": stdin,
-            "files": files if files is None or isinstance(files, Mapping) else list(files),
-            "download": download
-            if download is None or isinstance(download, str)
-            else list(download),
-            "memory_limit_mb": memory_limit_mb,
-            "output_limit": output_limit,
-        }
-        read = wire.read_timeout(timeout)
+        request = _run_request(
+            code, language, timeout, env, stdin, files, download, memory_limit_mb, output_limit
+        )
         callbacks = {"stdout": on_stdout, "stderr": on_stderr}
-        streaming = on_stdout is not None or on_stderr is not None
+        return await self._run(request, callbacks, node, _Tries(self, "run", node))
+
+    async def _run(
+        self,
+        request: dict[str, Any],
+        callbacks: Mapping[str, OutputCallback | None],
+        node: str | None,
+        tries: _Tries,
+    ) -> NodeResult:
+        streaming = any(callback is not None for callback in callbacks.values())
 
         async def attempt(node_id: str) -> NodeResult:
             actor = self._actor(node_id)
-            deadline = Deadline(None if read is None else read + RAY_MARGIN_S)
+            deadline = _run_deadline(request["timeout"])
             if not streaming:
                 result: NodeResult = await answer(actor.run.remote(request), node_id, deadline)
                 return result
@@ -398,7 +405,7 @@ class Pool:
             result = await streamed(generator, node_id, deadline, callbacks)
             return result
 
-        return await self._placed("run", attempt, node, session=False)
+        return await self._placed(attempt, node, False, tries)
 
     async def map_async(
         self,
@@ -439,71 +446,30 @@ class Pool:
 
     async def _placed(
         self,
-        what: str,
         attempt: Callable[[str], Awaitable[T]],
         node: str | None,
         session: bool,
+        tries: _Tries,
     ) -> T:
         """``attempt(node_id)`` on a node with room, retried once on another
         node when its node is lost or its service cannot take it. A run's
         slot is handed back when it ends; a session's is kept."""
-        tried: list[str] = []
-        lost: list[str] = []
-        refused: UnavailableError | None = None
         while True:
             try:
-                node_id = await self._placement.take(frozenset(tried), node, session)
+                node_id = await self._placement.take(tries.exclude, node, session)
             except NoNodesError as e:
-                self._check_open()
-                if lost:
-                    raise NodeLostError(
-                        _lost_message(what, tried, lost, str(e)), nodes=tuple(lost)
-                    ) from None
-                if refused is not None:
-                    raise refused from None
-                raise
-            tried.append(node_id)
+                tries.no_node(e)
+            tries.tried.append(node_id)
             keep = False
             try:
                 answer_ = await attempt(node_id)
                 keep = session
                 return answer_
-            except NodeGone as gone:
-                if gone.lost:
-                    lost.append(node_id)
-                    self._lose(node_id, f"its actor died: {gone.cause}")
-                self._check_open()
-                if not self._may_retry(node, tried):
-                    raise NodeLostError(
-                        _lost_message(what, tried, lost, self._no_retry_reason(node)),
-                        nodes=tuple(lost),
-                    ) from None
-                log.info(
-                    "pid1.ray: %s on node %s failed (%s); retrying on another node",
-                    what,
-                    node_id,
-                    gone,
-                )
-            except UnavailableError as e:
-                if not self._may_retry(node, tried):
-                    raise
-                refused = e
-                log.info(
-                    "pid1.ray: node %s cannot take a %s (%s); trying another", node_id, what, e
-                )
+            except (NodeGone, UnavailableError) as e:
+                tries.failed(node_id, e)
             finally:
                 if not keep:
                     self._placement.give_back(node_id, session)
-
-    def _may_retry(self, node: str | None, tried: list[str]) -> bool:
-        return self._retry and node is None and len(tried) < 2
-
-    def _no_retry_reason(self, node: str | None) -> str:
-        if node is not None:
-            return "it was asked for on that node only"
-        if not self._retry:
-            return "retries are off"
-        return "it was tried twice"
 
     async def _open_session(
         self,
@@ -525,7 +491,7 @@ class Pool:
             opened = await answer(actor.open_session.remote(request), node_id, deadline)
             return AsyncPoolSession(self, node_id, actor, opened)
 
-        session = await self._placed("session", attempt, node, session=True)
+        session = await self._placed(attempt, node, True, _Tries(self, "session", node))
         self._sessions.add(session)
         return session
 
@@ -714,6 +680,77 @@ class Pool:
             raise
 
 
+class _Tries:
+    """One call's placements: the nodes it went to, those lost under it,
+    and whether it may go to another (once, and only when it was not asked
+    for on one node)."""
+
+    def __init__(self, pool: Pool, what: str, node: str | None) -> None:
+        self._pool = pool
+        self.what = what
+        self.node = node
+        self.tried: list[str] = []
+        self.lost: list[str] = []
+        self.refused: UnavailableError | None = None
+
+    @property
+    def exclude(self) -> frozenset[str]:
+        return frozenset(self.tried)
+
+    def _may_go_on(self) -> bool:
+        return self._pool._retry and self.node is None and len(self.tried) < 2
+
+    def failed(self, node_id: str, error: NodeGone | UnavailableError) -> None:
+        """Records a failed placement; raises what the caller sees when the
+        call may not go on."""
+        if isinstance(error, UnavailableError):
+            if not self._may_go_on():
+                raise error
+            self.refused = error
+            log.info(
+                "pid1.ray: node %s cannot take a %s (%s); trying another", node_id, self.what, error
+            )
+            return
+        if error.lost:
+            self.lost.append(node_id)
+            self._pool._lose(node_id, f"its actor died: {error.cause}")
+        self._pool._check_open()
+        if not self._may_go_on():
+            if self.node is not None:
+                why = "it was asked for on that node only"
+            elif not self._pool._retry:
+                why = "retries are off"
+            else:
+                why = "it was tried twice"
+            raise NodeLostError(self._message(why), nodes=tuple(self.lost)) from None
+        log.info(
+            "pid1.ray: %s on node %s failed (%s); retrying on another node",
+            self.what,
+            node_id,
+            error,
+        )
+
+    def no_node(self, error: NoNodesError) -> NoReturn:
+        """Raises what the caller sees when no node is left to go to."""
+        self._pool._check_open()
+        if self.lost:
+            raise NodeLostError(self._message(str(error)), nodes=tuple(self.lost)) from None
+        if self.refused is not None:
+            raise self.refused from None
+        raise error
+
+    def _message(self, tail: str) -> str:
+        tried, lost, what = self.tried, self.lost, self.what
+        if not lost:
+            return f"the {what} could not be placed on nodes {', '.join(tried)}: {tail}"
+        first = f"node {lost[0]} was lost while it ran this {what}"
+        if len(lost) > 1:
+            return f"{first}, and node {lost[1]}, where it was retried, was lost too"
+        if len(tried) > 1:
+            return f"{first}; on node {tried[1]}, where it was retried: {tail}"
+        return f"{first}, and it was not retried: {tail}"
+
+
 class _SessionOpener:
     """What ``Pool.session_async`` returns: awaitable, or an async context
     manager that closes the session at its end."""
@@ -752,6 +789,43 @@ def _connect(address: str | None) -> None:
         ) from None
 
 
+def _run_request(
+    code: str,
+    language: str,
+    timeout: float | None,
+    env: Mapping[str, str] | None,
+    stdin: bytes | str | None,
+    files: wire.FileSpec | None,
+    download: Iterable[str] | None,
+    memory_limit_mb: int | None,
+    output_limit: int | None,
+) -> dict[str, Any]:
+    """``AsyncClient.run``'s arguments as a node's actor takes them: an
+    iterable (a generator, say) made a list, so that it pickles."""
+    if files is not None and not isinstance(files, Mapping):
+        files = list(files)
+    if download is not None and not isinstance(download, str):
+        download = list(download)
+    return {
+        "code": code,
+        "language": language,
+        "timeout": timeout,
+        "env": dict(env) if env is not None else None,
+        "stdin": stdin,
+        "files": files,
+        "download": download,
+        "memory_limit_mb": memory_limit_mb,
+        "output_limit": output_limit,
+    }
+
+
+def _run_deadline(timeout: float | None) -> Deadline:
+    """How long the driver waits for a run's answer: the SDK's own wait in
+    the actor, plus Ray's margin."""
+    read = wire.read_timeout(timeout)
+    return Deadline(None if read is None else read + RAY_MARGIN_S)
+
+
 def _kill(actor: Any) -> None:
     if actor is None:
         return
@@ -765,14 +839,3 @@ def _describe(error: BaseException) -> str:
     if isinstance(error, NodeGone):
         return str(error)
     return f"{type(error).__name__}: {error}"
-
-
-def _lost_message(what: str, tried: list[str], lost: list[str], tail: str) -> str:
-    if not lost:
-        return f"the {what} could not be placed on nodes {', '.join(tried)}: {tail}"
-    first = f"node {lost[0]} was lost while it ran this {what}"
-    if len(lost) > 1:
-        return f"{first}, and node {lost[1]}, where it was retried, was lost too"
-    if len(tried) > 1:
-        return f"{first}; on node {tried[1]}, where it was retried: {tail}"
-    return f"{first}, and it was not retried: {tail}"
