@@ -78,10 +78,8 @@ async def tools_run_code_and_hold_a_session(mcp_session: ClientSession) -> None:
          "encoding": "base64"},
     )  # fmt: skip
     assert "wrote 2 bytes" in text_of(wrote)
-    await mcp_session.call_tool(
-        "session_exec",
-        {"session_id": session_id, "code": "open('d/t.txt', 'w').write(str(x) + ' ' + open('d/bin.dat', 'rb').read().hex())"},
-    )  # fmt: skip
+    code = "open('d/t.txt', 'w').write(str(x) + ' ' + open('d/bin.dat', 'rb').read().hex())"
+    await mcp_session.call_tool("session_exec", {"session_id": session_id, "code": code})
     read = await mcp_session.call_tool("read_file", {"session_id": session_id, "path": "d/t.txt"})
     assert text_of(read) == "20 ff00"
     binary = await mcp_session.call_tool("read_file", {"session_id": session_id, "path": "d/bin.dat"})
