@@ -6,7 +6,8 @@ import asyncio
 import inspect
 import os
 import time
-from typing import Any, Awaitable, Callable, Iterable, Mapping, Sequence, Union
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from typing import Any
 
 import httpx
 
@@ -18,7 +19,7 @@ from ._results import FileInfo, Result, parse_result
 
 __all__ = ["AsyncClient", "AsyncSession"]
 
-AsyncOutputCallback = Callable[[str], Union[Any, Awaitable[Any]]]
+AsyncOutputCallback = Callable[[str], Any | Awaitable[Any]]
 
 
 async def _call_back(callback: AsyncOutputCallback | None, text: str) -> None:

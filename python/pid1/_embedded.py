@@ -25,13 +25,14 @@ import sys
 import tempfile
 import threading
 import weakref
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import BinaryIO, Callable, Sequence
+from typing import BinaryIO
 
 from ._errors import SetupError, UnavailableError, VmexecNotFoundError
 from ._protocol import Address
 
-__all__ = ["EmbeddedService", "find_vmexec", "DEFAULT_POOL", "START_TIMEOUT_S"]
+__all__ = ["DEFAULT_POOL", "START_TIMEOUT_S", "EmbeddedService", "find_vmexec"]
 
 # Warm VMs the embedded service keeps: one answers a program's first run at
 # pool speed, and each idle one costs ~40 MiB of host memory.

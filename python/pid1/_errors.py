@@ -8,16 +8,17 @@ error and a plain one raise the same exception.
 
 from __future__ import annotations
 
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 __all__ = [
-    "Pid1Error",
     "InvalidRequestError",
+    "Pid1Error",
     "SandboxError",
-    "UnavailableError",
-    "UnauthorizedError",
     "SessionClosedError",
     "SetupError",
+    "UnauthorizedError",
+    "UnavailableError",
     "VmexecNotFoundError",
     "error_from_body",
 ]

@@ -8,8 +8,9 @@ import base64
 import codecs
 import json
 import os
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Mapping, Union
+from typing import Any, Union
 from urllib.parse import quote
 
 import httpx
@@ -22,18 +23,18 @@ __all__ = [
     "Address",
     "Call",
     "StreamReader",
-    "parse_address",
-    "run_call",
-    "exec_call",
-    "open_call",
     "close_call",
-    "health_call",
-    "write_file_call",
-    "read_file_call",
-    "list_files_call",
     "delete_file_call",
-    "raise_for_answer",
+    "exec_call",
+    "health_call",
+    "list_files_call",
+    "open_call",
+    "parse_address",
     "pool_ready",
+    "raise_for_answer",
+    "read_file_call",
+    "run_call",
+    "write_file_call",
 ]
 
 NDJSON = "application/x-ndjson"
@@ -54,7 +55,7 @@ CALL_TIMEOUT_S = 120.0
 # Seconds to connect: a local service accepts at once.
 CONNECT_TIMEOUT_S = 10.0
 
-FileSpec = Union[Mapping[str, Union[bytes, str]], Iterable[File]]
+FileSpec = Union[Mapping[str, bytes | str], Iterable[File]]
 
 
 @dataclass(frozen=True)
@@ -72,8 +73,7 @@ def parse_address(url: str) -> Address:
     """``unix:/path/to.sock`` or ``http(s)://host:port``."""
     if url.startswith("unix:"):
         path = url[len("unix:") :]
-        if path.startswith("//"):
-            path = path[2:]
+        path = path.removeprefix("//")
         if not path:
             raise ValueError("unix: needs a socket path, e.g. unix:/tmp/pid1.sock")
         return Address(base_url=UNIX_HOST, uds=os.path.expanduser(path))
@@ -229,7 +229,7 @@ def file_path(session_id: str, path: str) -> str:
     if not isinstance(path, str) or not path:
         raise InvalidRequestError("path: give a guest file path", field="path")
     home = "/home/user/"
-    relative = path[len(home) :] if path.startswith(home) else path
+    relative = path.removeprefix(home)
     return session_path(session_id, "/files/" + quote(relative, safe="/"))
 
 

@@ -4,10 +4,11 @@
 from __future__ import annotations
 
 import base64
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Mapping
+from typing import Any
 
-__all__ = ["File", "FileInfo", "Result", "Timings", "parse_result", "parse_file_info"]
+__all__ = ["File", "FileInfo", "Result", "Timings", "parse_file_info", "parse_result"]
 
 
 @dataclass(frozen=True)

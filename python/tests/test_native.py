@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import time
+
 import pytest
 
 import pid1
