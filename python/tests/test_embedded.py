@@ -1,7 +1,7 @@
 """The embedded service's life and the ways a client cannot reach a service:
 no vmexec, no image, a service killed under it, the Python process gone, a
-wrong token. None of these needs a VM: the services started here have no
-pool."""
+wrong token, a full service. Only the last needs a VM: the services
+started here have no pool."""
 
 from __future__ import annotations
 
@@ -160,3 +160,14 @@ def test_a_wrong_token_is_unauthorized(tcp_service: Any, monkeypatch: pytest.Mon
     with pid1.Client() as from_env:
         assert from_env.embedded is None and from_env.url == tcp_service.url
         assert from_env.health()["status"] in ("ok", "degraded")
+
+
+def test_a_full_service_is_unavailable_with_its_retry_after() -> None:
+    # One VM at most and no queue: a session holds it, so a run is turned away.
+    with pid1.Client(pool=0, serve_args=["--max-vms", "1", "--queue", "0"]) as client:
+        with client.session(language="sh") as held:
+            assert held.exec("echo held").stdout == "held\n"
+            with pytest.raises(pid1.UnavailableError) as busy:
+                client.run("print(1)")
+            assert (busy.value.status, busy.value.code) == (503, "busy")
+            assert busy.value.retry_after is not None and busy.value.retry_after > 0
