@@ -5,6 +5,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use crate::accel::Accel;
+use crate::jail::JailConfig;
 
 /// How long a TCG boot may take before it is declared failed. A boot takes
 /// about 1-3 s here; a loaded CI machine gets a wide margin.
@@ -28,6 +29,8 @@ pub struct VmConfig {
     pub cold: bool,
     /// Where templates, the accelerator verdict and the TSC rate are kept.
     pub cache_dir: PathBuf,
+    /// What confines QEMU on the host (see [`crate::jail`]).
+    pub jail: JailConfig,
 }
 
 impl Default for VmConfig {
@@ -47,6 +50,7 @@ impl Default for VmConfig {
             debug: false,
             cold: false,
             cache_dir: default_cache_dir(),
+            jail: JailConfig::default(),
         }
     }
 }

@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use proto::ErrorKind;
 
+use crate::jail::JailError;
 use crate::qemu::qmp::QmpError;
 
 /// Bringing a VM up, from checking its inputs to the init's `Ready`.
@@ -27,6 +28,10 @@ pub enum StartError {
     NoRootfs(PathBuf),
     #[error("cannot create the VM's temporary directory")]
     TempDir(#[source] std::io::Error),
+    #[error("cannot jail QEMU")]
+    Jail(#[source] JailError),
+    #[error("cannot open the template's device state")]
+    State(#[source] std::io::Error),
     #[error("cannot listen on the agent socket {}", path.display())]
     Listen {
         path: PathBuf,
@@ -127,6 +132,8 @@ pub enum TemplateError {
     WarmUpExit(i32),
     #[error("the Python zygote was not ready in time")]
     NoZygote,
+    #[error("the VM's RAM is not a shared file: it cannot be saved as a template")]
+    NotSavable,
     #[error("QEMU's monitor failed to {step}")]
     Qmp {
         step: &'static str,

@@ -23,6 +23,7 @@ pub mod cleanup;
 pub mod config;
 pub mod error;
 pub mod guest;
+pub mod jail;
 pub mod qemu;
 pub mod template;
 mod tsc;

@@ -14,9 +14,10 @@ use crate::accel::Accel;
 use crate::agent::{Agent, Runner, Shared};
 use crate::cleanup::{self, Registered};
 use crate::config::VmConfig;
-use crate::error::{AgentError, Fallback, StartError};
+use crate::error::{AgentError, Fallback, StartError, TemplateError};
 use crate::guest::files::{self, FileEntry, FileError};
 use crate::guest::session::{Session, SessionError};
+use crate::jail::{self, VmJail};
 use crate::qemu::qmp::Qmp;
 use crate::qemu::{self, Console, Launch, Ram, console, process};
 
@@ -69,7 +70,22 @@ pub struct Vm {
     /// The console log, whose name is gone (see [`VmStart::finish`]).
     console: Option<fs::File>,
     pub(crate) qmp: Option<Qmp>,
+    /// Where a VM whose RAM is a shared file saves its device state.
+    save: Option<SaveSocket>,
+    /// Dropped after QEMU is reaped (the fields drop after `Drop::drop`).
+    jail: VmJail,
     _cleanup: [Registered; 2],
+}
+
+/// The socket QEMU sends its saved state to (`migrate unix:`): its seccomp
+/// filter forbids the `exec:` a shell command would need, and its chroot
+/// and ids leave it nothing else to write. The VM's directory, which holds
+/// it, lives as long as the VM.
+struct SaveSocket {
+    listener: UnixListener,
+    /// The socket's path as QEMU sees it (in its chroot).
+    uri: String,
+    _dir: tempfile::TempDir,
 }
 
 impl Vm {
@@ -82,7 +98,7 @@ impl Vm {
     pub fn launch(config: &VmConfig, accel: Accel, timeout: Duration, ram: Ram<'_>) -> Result<Vm> {
         let cmdline = qemu::kernel_cmdline_for(config, accel);
         let with_qmp = matches!(ram, Ram::File { .. });
-        let mut start = VmStart::spawn(config, accel, &cmdline, ram, with_qmp, false)?;
+        let mut start = VmStart::spawn(config, accel, &cmdline, ram, with_qmp, None)?;
         let deadline = start.started + timeout;
         let stream = start.accept(Socket::Agent, deadline, timeout)?;
         let mut agent = Agent::new(stream);
@@ -131,14 +147,16 @@ impl Vm {
     pub fn restore(config: &VmConfig, accel: Accel, ram: &Path, state: &Path) -> Result<Vm> {
         let cmdline = qemu::kernel_cmdline_for(config, accel);
         let ram = Ram::File { path: ram, shared: false };
-        let mut start = VmStart::spawn(config, accel, &cmdline, ram, true, true)?;
+        // The state comes in on QEMU's stdin: opened here, it needs no
+        // path in QEMU's chroot and no command (which seccomp forbids).
+        let incoming = fs::File::open(state).map_err(StartError::State)?;
+        let mut start = VmStart::spawn(config, accel, &cmdline, ram, true, Some(incoming))?;
         let timeout = config.boot_timeout;
         let deadline = start.started + timeout;
         let mut qmp = start.qmp(deadline, timeout)?;
         let step = |step| move |source| StartError::Qmp { step, source };
         qmp.ignore_shared_ram().map_err(step("set x-ignore-shared"))?;
-        let uri = format!("exec:cat {}", qemu::shell_quote(state));
-        qmp.execute("migrate-incoming", serde_json::json!({ "uri": uri }))
+        qmp.execute("migrate-incoming", serde_json::json!({ "uri": "fd:0" }))
             .map_err(step("start the migration"))?;
         if let Err(e) = qmp.wait_migration(deadline) {
             start.check_alive()?;
@@ -160,6 +178,45 @@ impl Vm {
         let boot_ms = start.started.elapsed().as_secs_f64() * 1000.0;
         let times = BootTimes { boot_ms, kernel_ms: 0.0, init_ms: 0.0 };
         Ok(start.finish(agent, accel, times, Start::Restored, None))
+    }
+
+    /// Pauses the VM and saves its device state to `state` (its RAM is
+    /// in its file already: `x-ignore-shared`), within `deadline`.
+    pub(crate) fn save_state(
+        &mut self,
+        state: &Path,
+        deadline: Instant,
+    ) -> std::result::Result<(), TemplateError> {
+        let (Some(qmp), Some(save)) = (self.qmp.as_mut(), self.save.as_ref()) else {
+            return Err(TemplateError::NotSavable);
+        };
+        let step = |step| move |source| TemplateError::Qmp { step, source };
+        qmp.execute("stop", serde_json::json!({})).map_err(step("pause the VM"))?;
+        qmp.ignore_shared_ram().map_err(step("set x-ignore-shared"))?;
+        let write = |source| TemplateError::Write { path: state.to_owned(), source };
+        let mut file = fs::File::create(state).map_err(write)?;
+        let listener = save.listener.try_clone().map_err(write)?;
+        // QEMU writes while the monitor is polled: the copy runs beside it.
+        let copy = std::thread::spawn(move || -> std::io::Result<u64> {
+            let mut stream = accept_until(&listener, deadline)?;
+            stream.set_read_timeout(Some(
+                deadline.saturating_duration_since(Instant::now()).max(Duration::from_millis(1)),
+            ))?;
+            std::io::copy(&mut stream, &mut file)
+        });
+        let uri = format!("unix:{}", save.uri);
+        let migrated = qmp
+            .execute("migrate", serde_json::json!({ "uri": uri }))
+            .map_err(step("start saving"))
+            .and_then(|_| qmp.wait_migration(deadline).map_err(step("save the device state")));
+        let copied = copy.join().unwrap_or_else(|_| Err(std::io::Error::other("the copy thread panicked")));
+        migrated?;
+        copied.map(drop).map_err(write)
+    }
+
+    /// What confines this VM's QEMU.
+    pub fn jail(&self) -> &VmJail {
+        &self.jail
     }
 
     /// The blocking connection to the init.
@@ -299,6 +356,8 @@ struct VmStart {
     started: Instant,
     agent: UnixListener,
     qmp: Option<UnixListener>,
+    save: Option<(UnixListener, String)>,
+    jail: Option<VmJail>,
     cleanup: Option<[Registered; 2]>,
 }
 
@@ -310,10 +369,11 @@ impl VmStart {
         cmdline: &str,
         ram: Ram<'_>,
         with_qmp: bool,
-        incoming: bool,
+        incoming: Option<fs::File>,
     ) -> Result<VmStart> {
         let dir = tempfile::Builder::new().prefix("vmexec-").tempdir().map_err(StartError::TempDir)?;
         let dir_cleanup = cleanup::path(dir.path().to_owned());
+        let jail = VmJail::prepare(&config.jail, dir.path(), config.memory_mb).map_err(StartError::Jail)?;
         // The host listens first and QEMU connects as the client: connecting
         // to a QEMU server socket the instant it appears can lose output.
         let listen = |path: PathBuf| -> Result<UnixListener> {
@@ -326,6 +386,15 @@ impl VmStart {
         let qmp_path = dir.path().join("qmp.sock");
         let agent = listen(agent_path.clone())?;
         let qmp = if with_qmp { Some(listen(qmp_path.clone())?) } else { None };
+        let save = match ram {
+            Ram::File { shared: true, .. } => {
+                let path = dir.path().join("save.sock");
+                let listener = listen(path.clone())?;
+                jail.open_to_qemu(dir.path(), &path).map_err(StartError::Jail)?;
+                Some((listener, jail.path_seen_by_qemu(&path).display().to_string()))
+            }
+            _ => None,
+        };
         let console = dir.path().join("console.log");
         let launch = Launch {
             cmdline,
@@ -333,22 +402,37 @@ impl VmStart {
             console: if config.debug { Console::Stderr } else { Console::File(&console) },
             ram,
             qmp: with_qmp.then_some(qmp_path.as_path()),
-            incoming,
+            incoming: incoming.is_some(),
         };
         let mut command = qemu::qemu_command(config, accel, &launch);
+        command.args(qemu::jail::confinement_args(&jail.confinement()));
+        if let Some(procs) = jail.cgroup_procs().map_err(StartError::Jail)? {
+            process::join_cgroup(&mut command, procs);
+        }
         let log_path = dir.path().join("qemu.log");
         let qemu_log =
             fs::File::create(&log_path).map_err(|source| StartError::QemuLog { path: log_path, source })?;
         // With --debug the console is QEMU's stderr, which must then be ours.
         let stderr = if config.debug { Stdio::inherit() } else { Stdio::from(qemu_log) };
-        command.stdin(Stdio::null()).stdout(Stdio::null()).stderr(stderr);
+        let stdin = incoming.map_or_else(Stdio::null, Stdio::from);
+        command.stdin(stdin).stdout(Stdio::null()).stderr(stderr);
         let started = Instant::now();
         let child = process::spawn(command).map_err(|e| match e.kind() {
             IoKind::NotFound => StartError::NoQemu(config.qemu.clone()),
             _ => StartError::Spawn(e),
         })?;
         let cleanup = Some([cleanup::process(child.id()), dir_cleanup]);
-        Ok(VmStart { child: Some(child), dir: Some(dir), console, started, agent, qmp, cleanup })
+        Ok(VmStart {
+            child: Some(child),
+            dir: Some(dir),
+            console,
+            started,
+            agent,
+            qmp,
+            save,
+            jail: Some(jail),
+            cleanup,
+        })
     }
 
     /// QEMU's connection to one of the sockets, watching that it lives.
@@ -416,10 +500,19 @@ impl VmStart {
     /// names are not needed: the VM's directory goes now (the console is
     /// read through a descriptor), so a host killed with SIGKILL leaves
     /// nothing behind in TMPDIR.
+    /// A VM that can save its state keeps its directory, where the save
+    /// socket is, until it is dropped.
     fn finish(mut self, agent: Agent, accel: Accel, times: BootTimes, start: Start, qmp: Option<Qmp>) -> Vm {
         let console = fs::File::open(&self.console).ok();
-        // Dropping the TempDir removes it.
-        drop(self.dir.take());
+        let dir = self.dir.take().expect("the directory until finish");
+        let save = match self.save.take() {
+            Some((listener, uri)) => Some(SaveSocket { listener, uri, _dir: dir }),
+            None => {
+                // Dropping the TempDir removes it.
+                drop(dir);
+                None
+            }
+        };
         Vm {
             console,
             child: self.child.take().expect("child"),
@@ -430,6 +523,8 @@ impl VmStart {
             start,
             fallback: None,
             qmp,
+            save,
+            jail: self.jail.take().expect("the jail until finish"),
             _cleanup: self.cleanup.take().expect("cleanup"),
         }
     }
@@ -444,7 +539,28 @@ impl Drop for VmStart {
     }
 }
 
+/// Accepts one connection on a non-blocking `listener` before `deadline`.
+fn accept_until(listener: &UnixListener, deadline: Instant) -> std::io::Result<UnixStream> {
+    loop {
+        match listener.accept() {
+            Ok((stream, _)) => {
+                stream.set_nonblocking(false)?;
+                return Ok(stream);
+            }
+            Err(e) if e.kind() == IoKind::WouldBlock && Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            Err(e) if e.kind() == IoKind::WouldBlock => {
+                return Err(std::io::Error::new(IoKind::TimedOut, "QEMU did not connect to save its state"));
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+/// The guest image is there, and the jail asked for can be had here.
 pub(crate) fn check_inputs(config: &VmConfig) -> Result<()> {
+    jail::status(&config.jail).map_err(StartError::Jail)?;
     if !config.kernel.is_file() {
         return Err(StartError::NoKernel(config.kernel.clone()));
     }

@@ -189,6 +189,35 @@ fn health(door: Arc<Door>) -> impl Fn() -> serde_json::Value + Send + Sync {
             "sessions": door.sessions.count(),
             "template": { "state": template, "detail": detail },
             "accel": accel.name(),
+            "jail": jail_health(&config.jail),
         })
     }
+}
+
+/// Each of the jail's measures: whether it confines QEMU here, and why not.
+fn jail_health(jail: &vmhost::jail::JailConfig) -> serde_json::Value {
+    use vmhost::jail::Setting;
+    let measure = |on: bool, detail: String| serde_json::json!({ "on": on, "detail": detail });
+    let measures: serde_json::Map<String, serde_json::Value> = match vmhost::jail::status(jail) {
+        Ok(status) => status
+            .measures()
+            .iter()
+            .map(|(name, setting)| {
+                let value = match setting {
+                    Setting::On => measure(true, "on".to_owned()),
+                    Setting::Off(why) => measure(false, why.to_string()),
+                };
+                ((*name).to_owned(), value)
+            })
+            .collect(),
+        // A required measure is impossible: no VM starts, none is on.
+        Err(e) => {
+            let why = vmhost::error::chain(&e);
+            vmhost::jail::MEASURES
+                .iter()
+                .map(|name| ((*name).to_owned(), measure(false, why.clone())))
+                .collect()
+        }
+    };
+    measures.into()
 }

@@ -4,6 +4,7 @@
 //! console log ([`console`]). Nothing here knows about templates or jobs.
 
 pub mod console;
+pub mod jail;
 pub mod process;
 pub mod qmp;
 

@@ -64,6 +64,23 @@ fn die_with_owner(command: &mut Command) {
     }
 }
 
+/// The child moves itself into the cgroup whose `cgroup.procs` is open as
+/// `procs` before it execs, so no instant of it runs outside.
+pub fn join_cgroup(command: &mut Command, procs: std::fs::File) {
+    use std::os::unix::process::CommandExt;
+    #[allow(unsafe_code)]
+    // SAFETY: the closure runs between fork and exec and makes one
+    // async-signal-safe syscall (write) on a descriptor it owns; it
+    // allocates nothing.
+    unsafe {
+        command.pre_exec(move || {
+            // "0" is the writer itself.
+            rustix::io::write(&procs, b"0")?;
+            Ok(())
+        });
+    }
+}
+
 /// ESRCH: the owner is gone.
 fn libc_esrch() -> i32 {
     rustix::io::Errno::SRCH.raw_os_error()

@@ -15,7 +15,7 @@ use crate::agent::Job;
 use crate::cleanup;
 use crate::config::VmConfig;
 use crate::error::TemplateError;
-use crate::qemu::{Ram, shell_quote};
+use crate::qemu::Ram;
 use crate::vm::Vm;
 
 /// How long the Python zygote may take to be ready after the init's
@@ -91,13 +91,7 @@ impl Template {
             }
             std::thread::sleep(Duration::from_millis(20));
         }
-        let qmp = vm.qmp.as_mut().expect("a template VM has QMP");
-        let step = |step| move |source| TemplateError::Qmp { step, source };
-        qmp.execute("stop", serde_json::json!({})).map_err(step("pause the VM"))?;
-        qmp.ignore_shared_ram().map_err(step("set x-ignore-shared"))?;
-        let uri = format!("exec:cat > {}", shell_quote(&state));
-        qmp.execute("migrate", serde_json::json!({ "uri": uri })).map_err(step("start saving"))?;
-        qmp.wait_migration(Instant::now() + SAVE_TIMEOUT).map_err(step("save the device state"))?;
+        vm.save_state(&state, Instant::now() + SAVE_TIMEOUT)?;
         vm.kill();
         let size = |path: &Path| fs::metadata(path).map(|m| m.len()).map_err(write_error(path));
         let meta = meta_text(&self.key, size(&ram)?, size(&state)?);

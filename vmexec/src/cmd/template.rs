@@ -4,6 +4,7 @@
 use std::process::ExitCode;
 use std::time::Instant;
 
+use vmhost::jail::Setting;
 use vmhost::template::Template;
 use vmhost::{Accel, VmConfig};
 
@@ -17,6 +18,9 @@ pub fn main(action: TemplateAction) -> ExitCode {
         TemplateAction::Clear => VmConfig::default(),
     };
     let config = &config;
+    if let TemplateAction::Status(_) = action {
+        println!("{}", jail_line(config));
+    }
     // Before any VM ran here, KVM's verdict is not known: its template
     // would be the TCG one if the probe fails, as it does where KVM hangs.
     let accel = vmhost::accel::resolved(config.accel, &config.cache_dir).unwrap_or(Accel::Tcg);
@@ -78,5 +82,23 @@ pub fn main(action: TemplateAction) -> ExitCode {
             }
             Err(e) => fail("cannot remove the templates", &e),
         },
+    }
+}
+
+/// Which of the jail's measures confine this configuration's QEMUs here.
+fn jail_line(config: &VmConfig) -> String {
+    match vmhost::jail::status(&config.jail) {
+        Ok(status) => {
+            let measures: Vec<String> = status
+                .measures()
+                .iter()
+                .map(|(name, setting)| match setting {
+                    Setting::On => format!("{name} on"),
+                    Setting::Off(why) => format!("{name} off ({why})"),
+                })
+                .collect();
+            format!("jail: {}", measures.join(", "))
+        }
+        Err(e) => format!("jail: {}", vmhost::error::chain(&e)),
     }
 }
