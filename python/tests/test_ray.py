@@ -167,6 +167,18 @@ def test_a_sessions_steps_all_run_on_its_node(pool: pid1.ray.Pool) -> None:
     assert all(node.sessions == 0 for node in pool.nodes())
 
 
+def test_a_pool_can_use_the_service_already_running_on_a_node(
+    cluster: RayCluster, client: pid1.Client
+) -> None:
+    with pid1.ray.Pool(labels={LABEL: "a"}, url=client.url, refresh_interval=0) as borrowed:
+        (node,) = borrowed.nodes()
+        result = borrowed.run("print('borrowed')")
+        assert result.stdout == "borrowed\n" and result.node == node.node_id
+        assert borrowed.health()[node.node_id]["service_pid"] is None
+    # Its shutdown left the service it did not start running.
+    assert client.run("print(1)").stdout == "1\n"
+
+
 def test_a_node_lost_mid_batch_fails_its_runs_over_and_its_session_says_so(
     cluster: RayCluster, pool: pid1.ray.Pool
 ) -> None:

@@ -65,6 +65,13 @@ class NodeSettings:
     start_timeout: float = 300.0
     """Seconds for the service to answer and warm its first VM: on a node
     with an empty cache that includes making the template."""
+    url: str | None = None
+    """A service already running on the node (``unix:/run/pid1.sock``, a
+    systemd unit's or a DaemonSet's; ``http://127.0.0.1:8470``) to use
+    instead of starting one; the pool then neither starts nor stops it,
+    and the fields above that shape a service are not used."""
+    token: str | None = None
+    """That service's bearer token, for TCP."""
 
 
 def with_node(result: Result, node: str) -> NodeResult:
@@ -112,6 +119,8 @@ class NodeServiceImpl:
 
     def _new_client(self) -> AsyncClient:
         settings = self._settings
+        if settings.url is not None:
+            return AsyncClient(url=settings.url, token=settings.token)
         args: list[str] = []
         if settings.max_vms is not None:
             args += ["--max-vms", str(settings.max_vms)]
@@ -165,7 +174,8 @@ class NodeServiceImpl:
 
     @ray.method(concurrency_group=CONTROL)
     async def shutdown(self) -> None:
-        """Closes every session and stops the service (it kills its VMs)."""
+        """Closes every session and stops the service (it kills its VMs);
+        a service given by ``url`` is left running."""
         client, self._client = self._client, None
         self._start_error = SetupError("this node's service was shut down", code="shut_down")
         sessions, self._sessions = list(self._sessions.values()), {}

@@ -116,8 +116,10 @@ class Pool:
     nodes with these custom resources (a name, names, or minimum totals);
     ``labels``: only nodes with these Ray labels. ``vmexec``, ``cache_dir``,
     ``tmp_dir``, ``serve_args``, ``env``: how each node's service starts
-    (see ``NodeSettings``); ``node_settings(node_info)`` may return a
-    mapping of ``NodeSettings`` fields that overrides them for one node.
+    (see ``NodeSettings``); ``url``/``token``: use the service already
+    running on each node at that address (a systemd unit's, a DaemonSet's)
+    instead of starting one. ``node_settings(node_info)`` may return a
+    mapping of ``NodeSettings`` fields that overrides these for one node.
 
     Ray must be reachable: when the caller has not called ``ray.init``,
     the pool calls ``ray.init(address=address or "auto")``, which joins a
@@ -142,6 +144,8 @@ class Pool:
         tmp_dir: str | None = None,
         serve_args: Sequence[str] = (),
         env: Mapping[str, str] | None = None,
+        url: str | None = None,
+        token: str | None = None,
         node_settings: Callable[[NodeInfo], Mapping[str, Any] | None] | None = None,
         address: str | None = None,
         refresh_interval: float = REFRESH_S,
@@ -161,6 +165,8 @@ class Pool:
             serve_args=tuple(serve_args),
             env=dict(env or {}),
             start_timeout=start_timeout,
+            url=url,
+            token=token,
         )
         self._node_settings = node_settings
         self._resources = _wanted(resources)
