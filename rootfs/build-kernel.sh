@@ -59,7 +59,9 @@ done < "$here/kernel.config"
 # source package's: the date of the newest entry of its Debian changelog,
 # as dpkg-parsechangelog reads it (the tarball's mtime is the same instant).
 changelog=/usr/share/doc/linux-source-6.1/changelog.Debian.gz
-stamp="$(zcat "$changelog" | sed -n 's/^ -- .*>  //p' | head -n 1)"
+# (Read whole: a reader that stops early would fail the pipe.)
+stamp="$(zcat "$changelog" | sed -n 's/^ -- .*>  //p')"
+stamp="${stamp%%$'\n'*}"
 SOURCE_DATE_EPOCH="$(date -u -d "$stamp" +%s)"
 export SOURCE_DATE_EPOCH
 export KBUILD_BUILD_TIMESTAMP="$(date -u -d "@$SOURCE_DATE_EPOCH")"
