@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import concurrent.futures
 import os
+import shutil
+import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -96,14 +98,19 @@ class RayCluster:
 
 
 @pytest.fixture(scope="module")
-def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RayCluster]:
+def cluster() -> Iterator[RayCluster]:
     if ray.is_initialized():
         pytest.fail("Ray is already initialised in this process: the test makes its own cluster")
-    made = RayCluster(tmp_path_factory.mktemp("ray"))
+    # Jailed QEMUs run as a uid of their own: the nodes' caches and scratch
+    # must be reachable by it, which pytest's 0700 directories are not.
+    base = Path(tempfile.mkdtemp(prefix="pid1-ray-test-"))
+    base.chmod(0o755)
+    made = RayCluster(base)
     try:
         yield made
     finally:
         made.close()
+        shutil.rmtree(base, ignore_errors=True)
 
 
 @pytest.fixture(scope="module")
