@@ -85,17 +85,26 @@ ln -sf python3 "$root/usr/bin/python"
 install -m 0755 "$init" "$root/usr/sbin/init"
 install -m 0755 "$here/baseline-init.sh" "$root/usr/sbin/baseline-init"
 install -D -m 0644 "$here/zygote.py" "$root/usr/lib/pid1/zygote.py"
+# The job users (uid 1000 up, one per user the init hands out, src/job/users.rs):
+# where the init mounts each one's home, /tmp and /dev/shm, reachable by root
+# only; a job sees its own through the paths they are bound over.
+users=$(seq 1000 1031)
+for uid in $users; do
+    mkdir -p "$root/usr/lib/pid1/users/$uid"/{home/user,tmp,dev/shm}
+done
+chmod 0700 "$root/usr/lib/pid1/users"
 
-cat > "$root/etc/passwd" <<'PASSWD'
-root:x:0:0:root:/root:/bin/sh
-user:x:1000:1000:user:/home/user:/bin/sh
-nobody:x:65534:65534:nobody:/nonexistent:/bin/false
-PASSWD
-cat > "$root/etc/group" <<'GROUP'
-root:x:0:
-user:x:1000:
-nogroup:x:65534:
-GROUP
+# Every job user is "user" at /home/user, as each sees its own home there.
+{
+    echo "root:x:0:0:root:/root:/bin/sh"
+    for uid in $users; do echo "user:x:$uid:$uid:user:/home/user:/bin/sh"; done
+    echo "nobody:x:65534:65534:nobody:/nonexistent:/bin/false"
+} > "$root/etc/passwd"
+{
+    echo "root:x:0:"
+    for uid in $users; do echo "user:x:$uid:"; done
+    echo "nogroup:x:65534:"
+} > "$root/etc/group"
 printf '127.0.0.1 localhost\n::1 localhost\n' > "$root/etc/hosts"
 echo sandbox > "$root/etc/hostname"
 

@@ -8,8 +8,9 @@ a request it opens the job's descriptors through /proc/<init>/fd/N and forks
 once, with CLONE_PARENT (and into the job's cgroup when it has one): the
 leader is the init's child from birth, so the init reaps it and reads its
 exit status itself. The zygote replies with the leader's pid. The leader
-moves its descriptors into place, drops to the job user exactly as an
-exec'd job does, and runs the code as `python3 /proc/self/fd/3` would.
+moves its descriptors into place, enters a mount namespace with its user's
+own home and /tmp, drops to the job user exactly as an exec'd job does, and
+runs the code as `python3 /proc/self/fd/3` would.
 
 The records (proto/ZYGOTE.md; native byte order, u32 words):
 Request: length, job, code fd, stdout fd, stderr fd, has_cwd, uid, stdin fd
@@ -50,6 +51,12 @@ SYS_CLONE = 56
 SYS_CLONE3 = 435
 CLONE_PARENT = 0x8000
 CLONE_INTO_CGROUP = 0x200000000
+CLONE_NEWNS = 0x20000
+MS_BIND = 0x1000
+# Each job user's mounts, as the init lays them out (src/job/users.rs):
+# USERS/<uid><path> is bound over <path> in the job's own mount namespace.
+USERS = "/usr/lib/pid1/users"
+PRIVATE = ("/home/user", "/tmp", "/dev/shm")
 
 
 class CloneArgs(ctypes.Structure):
@@ -148,10 +155,25 @@ def serve():
             reply(SPAWNED, job, leader)
 
 
+def enter_own_mounts(uid):
+    """As the init does for an exec'd job in a VM (where the image has the
+    job users' directories): a mount namespace of the leader's own, in
+    which user `uid`'s home, /tmp and /dev/shm are bound over those paths."""
+    root = f"{USERS}/{uid}"
+    if not os.path.isdir(root):
+        return
+    if LIBC.unshare(CLONE_NEWNS) != 0:
+        raise OSError(ctypes.get_errno(), "cannot unshare the mount namespace")
+    for path in PRIVATE:
+        if LIBC.mount((root + path).encode(), path.encode(), None, MS_BIND, None) != 0:
+            raise OSError(ctypes.get_errno(), f"cannot bind {root + path} over {path}")
+
+
 def become_the_job(fds, has_cwd, uid, block, in_cgroup, job_processes):
     """What the init does between fork and exec for a job, less what the
     zygote set for all its children once (see `settle`)."""
     os.setsid()
+    enter_own_mounts(uid)
     # As the init sets it: with a cgroup, its pids.max is the job's limit
     # and the per-user one goes; without (outside a VM), the per-user one.
     nproc = resource.RLIM_INFINITY if in_cgroup else job_processes

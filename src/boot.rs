@@ -12,17 +12,15 @@ use rustix::fs::{Mode, OFlags};
 use rustix::io::Errno;
 use rustix::mount::MountFlags;
 
-use crate::config::Config;
 use crate::error::Os;
-use crate::log::{Path, Text};
-use crate::pieces;
+use crate::log::Path;
 use crate::{log, sys};
 
 /// Device nodes that give a job the host's physical memory or I/O ports.
 const DANGEROUS_NODES: [&CStr; 3] = [c"/dev/mem", c"/dev/kmem", c"/dev/port"];
 
 /// Mounts, device cleanup and console descriptors.
-pub fn boot(config: &Config) {
+pub fn boot() {
     let hardened = MountFlags::NOSUID | MountFlags::NODEV;
     mount(c"proc", c"/proc", c"proc", hardened | MountFlags::NOEXEC, Some(c"hidepid=2"));
     mount(c"sysfs", c"/sys", c"sysfs", hardened | MountFlags::NOEXEC, None);
@@ -32,19 +30,13 @@ pub fn boot(config: &Config) {
         mount(c"devtmpfs", c"/dev", c"devtmpfs", MountFlags::NOSUID, None);
     }
     console_stdio();
-    let _ = rustix::fs::mkdir(c"/dev/shm", Mode::from_raw_mode(0o1777));
-    mount(c"tmpfs", c"/dev/shm", c"tmpfs", hardened, Some(c"mode=1777"));
-    mount(c"tmpfs", c"/tmp", c"tmpfs", hardened, Some(c"mode=1777"));
+    // Where each job's user has its own (`job::users`), as /tmp has.
+    let _ = rustix::fs::mkdir(c"/dev/shm", Mode::from_raw_mode(0o755));
     mount(c"tmpfs", c"/run", c"tmpfs", hardened | MountFlags::NOEXEC, Some(c"mode=0755"));
     // A package layer, when the host attached one as the second disk.
     if rustix::fs::stat(c"/dev/vdb").is_ok() {
         mount(c"/dev/vdb", c"/opt/pid1/packages", c"erofs", hardened | MountFlags::RDONLY, None);
     }
-
-    let uid = config.jobs.uid;
-    let home = Text::<64>::of(pieces!["mode=0700,uid=", uid, ",gid=", uid, "\0"]);
-    let home_opts = home.as_c_str().unwrap_or(c"mode=0700");
-    mount(c"tmpfs", config.jobs.home, c"tmpfs", hardened, Some(home_opts));
 
     for node in DANGEROUS_NODES {
         match rustix::fs::unlink(node) {
@@ -55,15 +47,16 @@ pub fn boot(config: &Config) {
     if let Err(e) = sys::bring_up_loopback() {
         log!("cannot bring up lo: ", Os(e));
     }
-    // Every job runs as the same user: without this, one job could
-    // ptrace-attach to another. 1: only to one's own descendants.
+    // Jobs of one user (`Run.user`) may not ptrace-attach to each other
+    // either: 1, only to one's own descendants.
     let scope = rustix::fs::open(c"/proc/sys/kernel/yama/ptrace_scope", OFlags::WRONLY, Mode::empty());
     if let Err(e) = scope.and_then(|fd| rustix::io::write(&fd, b"1")) {
         log!("cannot restrict ptrace: ", Os(e));
     }
 }
 
-fn mount(source: &CStr, target: &CStr, fstype: &CStr, flags: MountFlags, data: Option<&CStr>) {
+/// `mount`, or a log line saying why not.
+pub fn mount(source: &CStr, target: &CStr, fstype: &CStr, flags: MountFlags, data: Option<&CStr>) {
     if let Err(e) = rustix::mount::mount(source, target, fstype, flags, data) {
         log!("cannot mount ", Path(fstype), " on ", Path(target), ": ", Os(e));
     }

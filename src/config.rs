@@ -25,8 +25,12 @@ pub struct JobConfig {
     pub shell: &'static CStr,
     /// Home and default working directory of jobs.
     pub home: &'static CStr,
-    /// User and group the jobs run as, when the init runs as root.
+    /// User and group the jobs run as, when the init runs as root; in a
+    /// VM, the first of the job users (`job::users`).
     pub uid: u32,
+    /// Jobs get users of their own, each with its own home and /tmp (in a
+    /// VM, whose image has their directories).
+    pub private: bool,
     /// The Python zygote's script; empty: no zygote.
     pub zygote: &'static CStr,
 }
@@ -38,8 +42,11 @@ pub struct JobConfig {
 /// disk and the entropy source); port 1: the first that is not a console.
 pub const BOOT_PORT: &CStr = c"/dev/vport2p1";
 
-pub const USAGE: &str = "usage: pid1 [--boot] [--port DEVICE] [--python PATH] \
-                         [--shell PATH] [--home DIR] [--uid N] [--zygote SCRIPT]";
+/// The flags that take a value, in the order `parse` matches them.
+const FLAGS: [&[u8]; 6] = [b"--port", b"--python", b"--shell", b"--home", b"--zygote", b"--uid"];
+
+pub const USAGE: &str = "usage: pid1 [--boot] [--port DEV] [--python|--shell|--zygote PATH] \
+                         [--home DIR] [--uid N]";
 
 impl Config {
     pub fn parse(
@@ -54,6 +61,7 @@ impl Config {
                 shell: c"/bin/bash",
                 home: c"/home/user",
                 uid: 1000,
+                private: false,
                 zygote: c"/usr/lib/pid1/zygote.py",
             },
         };
@@ -62,7 +70,7 @@ impl Config {
             if let Some(value) = var.strip_prefix(b"pid1_boot=") {
                 config.boot = value == b"1\0";
             } else if let Some(value) = var.strip_prefix(b"pid1_port=") {
-                config.port = CStr::from_bytes_until_nul(value).ok();
+                config.port = crate::log::c_str_until_nul(value);
             }
         }
         while let Some(arg) = args.next() {
@@ -72,19 +80,23 @@ impl Config {
                 continue;
             }
             let value = args.next().ok_or("missing value after a flag")?;
+            // A table and one comparison loop: a `match` on the names laid
+            // out a comparison per name (300 bytes more init).
+            let flag = FLAGS.iter().position(|name| *name == flag).ok_or("unknown flag")?;
+            let jobs = &mut config.jobs;
             match flag {
-                b"--port" => config.port = Some(value),
-                b"--python" => config.jobs.python = value,
-                b"--shell" => config.jobs.shell = value,
-                b"--home" => config.jobs.home = value,
-                b"--zygote" => config.jobs.zygote = value,
-                b"--uid" => config.jobs.uid = parse_u32(value.to_bytes()).ok_or("--uid: not a number")?,
-                _ => return Err("unknown flag"),
+                0 => config.port = Some(value),
+                1 => jobs.python = value,
+                2 => jobs.shell = value,
+                3 => jobs.home = value,
+                4 => jobs.zygote = value,
+                _ => jobs.uid = parse_u32(value.to_bytes()).ok_or("--uid: not a number")?,
             }
         }
         if config.boot && config.port.is_none() {
             config.port = Some(BOOT_PORT);
         }
+        config.jobs.private = config.boot;
         Ok(config)
     }
 }

@@ -49,7 +49,11 @@ too many levels of symbolic links";
 
 /// A short description of an errno.
 pub fn describe(e: Errno) -> &'static str {
-    let wanted = e.raw_os_error();
+    describe_number(e.raw_os_error())
+}
+
+/// [`describe`] by number.
+pub fn describe_number(wanted: i32) -> &'static str {
     let mut number = 1;
     let mut start = 0;
     for (i, byte) in TEXT.bytes().chain(core::iter::once(b'\n')).enumerate() {

@@ -7,49 +7,71 @@
 //! with `core::fmt`: its machinery, and the `fmt::Arguments` each call site
 //! builds, were 8.6 KB of a 51 KB init. A call site is now an array of
 //! pointers to its pieces.
+//!
+//! # Safety
+//!
+//! A [`Piece`] keeps a string's or a path's pointer without its type; it is
+//! made only from a `&str` or a `&CStr` that it borrows for its lifetime,
+//! and read back as what it was made from. [`c_str_until_nul`] makes a
+//! `CStr` of bytes it has just seen end with a NUL.
+#![allow(unsafe_code)]
 
 use core::ffi::CStr;
+use core::marker::PhantomData;
 
 use rustix::io::Errno;
 
-use crate::error::{Os, describe};
+use crate::error::{Os, describe_number};
 
 /// Longest log line; longer ones are cut. Log lines are short diagnostics.
 pub const LOG_LINE: usize = 192;
 
-/// One piece of a [`Text`]. An enum, not a trait object: a call site's
-/// pieces are then one array of values, often a constant one.
+/// One piece of a [`Text`]: a string, a number, a path or an errno, in
+/// two words. Built at every call site, so its size is code: a tagged enum
+/// took three words and a tag store per piece, 750 bytes of the init.
+/// `kind` is a string's length, or one of the kinds below, which no length
+/// reaches (a slice holds at most `isize::MAX` bytes); `word` is the
+/// string's or path's pointer, or the number.
 #[derive(Clone, Copy)]
-pub enum Piece<'a> {
-    Str(&'a str),
-    Num(u64),
-    /// A path (or any C string), shown quoted.
-    Path(&'a CStr),
-    /// An errno, shown as `errno N (description)`.
-    Os(Errno),
+pub struct Piece<'a> {
+    word: *const u8,
+    kind: usize,
+    borrows: PhantomData<&'a [u8]>,
+}
+
+const NUM: usize = usize::MAX;
+const PATH: usize = usize::MAX - 1;
+const OS: usize = usize::MAX - 2;
+
+impl Piece<'_> {
+    const fn of(word: *const u8, kind: usize) -> Self {
+        Self { word, kind, borrows: PhantomData }
+    }
 }
 
 impl<'a> From<&'a str> for Piece<'a> {
     fn from(text: &'a str) -> Self {
-        Piece::Str(text)
+        Piece::of(text.as_ptr(), text.len())
     }
 }
 
 impl From<u64> for Piece<'_> {
+    // x86_64: a usize holds a u64.
+    #[allow(clippy::cast_possible_truncation)]
     fn from(n: u64) -> Self {
-        Piece::Num(n)
+        Piece::of(core::ptr::without_provenance(n as usize), NUM)
     }
 }
 
 impl From<u32> for Piece<'_> {
     fn from(n: u32) -> Self {
-        Piece::Num(u64::from(n))
+        Piece::from(u64::from(n))
     }
 }
 
 impl From<Os> for Piece<'_> {
     fn from(os: Os) -> Self {
-        Piece::Os(os.0)
+        Piece::of(core::ptr::without_provenance(os.0.raw_os_error().unsigned_abs() as usize), OS)
     }
 }
 
@@ -58,7 +80,7 @@ pub struct Path<'a>(pub &'a CStr);
 
 impl<'a> From<Path<'a>> for Piece<'a> {
     fn from(path: Path<'a>) -> Self {
-        Piece::Path(path.0)
+        Piece::of(path.0.as_ptr().cast(), PATH)
     }
 }
 
@@ -113,20 +135,31 @@ impl Cursor<'_> {
     }
 
     fn piece(&mut self, piece: Piece<'_>) {
-        match piece {
-            Piece::Str(text) => self.bytes(text.as_bytes()),
-            Piece::Num(n) => self.number(n),
-            Piece::Path(path) => {
+        let number = piece.word.addr() as u64;
+        match piece.kind {
+            NUM => self.number(number),
+            PATH => {
+                // SAFETY: a PATH piece is made from a `&CStr` that
+                // outlives it (`From<Path>`).
+                let path = unsafe { CStr::from_ptr(piece.word.cast()) };
                 self.bytes(b"\"");
                 self.bytes(path.to_bytes());
                 self.bytes(b"\"");
             }
-            Piece::Os(e) => {
+            OS => {
                 self.bytes(b"errno ");
-                self.number(u64::from(e.raw_os_error().unsigned_abs()));
+                self.number(number);
                 self.bytes(b" (");
-                self.bytes(describe(e).as_bytes());
+                // Made from an errno's raw number, which fits an i32.
+                #[allow(clippy::cast_possible_truncation)]
+                self.bytes(describe_number(number as i32).as_bytes());
                 self.bytes(b")");
+            }
+            len => {
+                // SAFETY: any other kind is the length of the string whose
+                // pointer `word` is, which outlives the piece (`From<&str>`).
+                let text = unsafe { core::slice::from_raw_parts(piece.word, len) };
+                self.bytes(text);
             }
         }
     }
@@ -177,8 +210,17 @@ impl<const N: usize> Text<N> {
     /// The text as a C string, up to its first NUL: the pieces end with
     /// `"\0"` (a text cut before it gives `None`).
     pub fn as_c_str(&self) -> Option<&CStr> {
-        CStr::from_bytes_until_nul(self.as_bytes()).ok()
+        c_str_until_nul(self.as_bytes())
     }
+}
+
+/// `CStr::from_bytes_until_nul`, as a plain scan: core's searches a word
+/// at a time, fast on long input and 460 bytes of the init, and these
+/// strings are short.
+pub fn c_str_until_nul(bytes: &[u8]) -> Option<&CStr> {
+    let end = bytes.iter().position(|&b| b == 0)?;
+    // SAFETY: `bytes[..=end]` ends with a NUL, its first.
+    Some(unsafe { CStr::from_bytes_with_nul_unchecked(&bytes[..=end]) })
 }
 
 impl<const N: usize> core::ops::Deref for Text<N> {
@@ -215,19 +257,34 @@ fn put_all(buf: &mut [u8], len: usize, pieces: &[Piece<'_>]) -> usize {
 
 /// Writes `pid1: <pieces>\n` to descriptor 2.
 pub fn line(pieces: &[Piece<'_>]) {
-    let mut text = Text::<LOG_LINE>::of(&[Piece::Str("pid1: ")]);
+    let mut text = Text::<LOG_LINE>::of(&[Piece::from("pid1: ")]);
     text.push(pieces);
     // A line that does not fit is cut; the newline is always kept.
     text.len = text.len.min(LOG_LINE - 1);
-    text.push(&[Piece::Str("\n")]);
+    text.push(&[Piece::from("\n")]);
     let _ = rustix::io::write(crate::sys::stdio(2), text.as_bytes());
 }
 
 /// `log!("cannot mount ", Path(target), ": ", Os(e))`: one line on the
-/// console, its pieces one after the other.
+/// console, its pieces one after the other. The commonest lines, a text
+/// alone or a text and an errno, are a call with no pieces to build.
 #[macro_export]
 macro_rules! log {
+    ($text:literal) => { $crate::log::text($text) };
+    ($text:literal, Os($e:expr)) => { $crate::log::os($text, $e) };
     ($($piece:expr),+ $(,)?) => { $crate::log::line($crate::pieces![$($piece),+]) };
+}
+
+/// `log!(text)`.
+#[inline(never)]
+pub fn text(text: &str) {
+    line(&[Piece::from(text)]);
+}
+
+/// `log!(text, Os(e))`.
+#[inline(never)]
+pub fn os(text: &str, e: Errno) {
+    line(&[Piece::from(text), Piece::from(Os(e))]);
 }
 
 /// `pieces!["j", seq, "\0"]`: the [`Piece`]s of a [`Text`].

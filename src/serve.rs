@@ -78,7 +78,7 @@ pub fn run(args: Args) -> ! {
     };
     crate::BOOTED.store(config.boot, core::sync::atomic::Ordering::Relaxed);
     if config.boot {
-        boot::boot(&config);
+        boot::boot();
         boot::protect_from_oom();
     }
     if !pid1 {
@@ -256,6 +256,7 @@ impl Server {
                     continue;
                 }
                 Request::Refresh { seq, realtime_ns, entropy } => {
+                    self.jobs.forget_users();
                     // Outside a VM the clock and the random pool are the
                     // host's own: not the init's to set.
                     let applied = if self.boot {

@@ -239,6 +239,17 @@ impl Child {
         }
     }
 
+    /// `unshare(CLONE_NEWNS)` — a mount namespace of the child's own, so
+    /// that what it mounts (a job's own home and /tmp) is seen by it and
+    /// its descendants only. In the child only: the init's mounts are
+    /// everyone's.
+    pub fn unshare_mounts(&self) -> Result<()> {
+        // SAFETY: a plain flag; a new mount namespace shares nothing that
+        // this process's memory or descriptors depend on.
+        unsafe { syscall(sys::__NR_unshare, [sys::CLONE_NEWNS as usize, 0, 0, 0]) }?;
+        Ok(())
+    }
+
     /// `dup2(from, to)` — makes `to` a copy of `from`, without close-on-exec.
     /// Whatever `to` was is closed: valid in the child only (see [`fork`]).
     pub fn dup2(&self, from: BorrowedFd<'_>, to: RawFd) -> Result<()> {

@@ -318,3 +318,101 @@ print('clock', errname(lambda: time.clock_settime(time.CLOCK_REALTIME, 0)))
     still_serving(&mut vm);
     vm.shutdown();
 }
+
+// ---- a user per job --------------------------------------------------------
+
+/// What a job of another user may try on `pid` (a neighbour that wrote
+/// `secret` to its home, /tmp and /dev/shm and holds it in its
+/// environment): each line is `what result`.
+fn attacks(pid: &str) -> String {
+    format!(
+        r#"import ctypes, errno, os
+libc = ctypes.CDLL(None, use_errno=True)
+def errname(f):
+    try:
+        r = f()
+        return 'allowed' if r is None or r is True or r == 0 else 'refused'
+    except OSError as e:
+        return errno.errorcode[e.errno]
+def call(r):
+    if r != 0:
+        raise OSError(ctypes.get_errno(), '')
+print('proc', 'visible' if os.path.exists('/proc/{pid}') else 'hidden')
+print('environ', errname(lambda: open('/proc/{pid}/environ', 'rb').read()))
+print('kill', errname(lambda: os.kill({pid}, 0)))
+print('ptrace', errname(lambda: call(libc.ptrace(16, {pid}, None, None))))
+for path in ['/home/user/secret', '/tmp/secret', '/dev/shm/secret']:
+    print(path, 'absent' if not os.path.exists(path) else 'present')
+print('users', errname(lambda: os.listdir('/usr/lib/pid1/users')))
+with open('/tmp/fill', 'wb') as f:
+    f.write(b'x' * (32 << 20))
+"#
+    )
+}
+
+const NEIGHBOUR: &str = "echo secret > ~/secret; echo secret > /tmp/secret; echo secret > /dev/shm/secret; \
+                         export SECRET=1; echo $$; exec sleep 60";
+
+#[test]
+fn concurrent_jobs_of_other_users_cannot_reach_each_other() {
+    let mut vm = restored_vm();
+    let neighbour = vm.agent().submit(&Job::shell(NEIGHBOUR)).unwrap();
+    let event =
+        vm.agent().next_event_for(|e| matches!(e, GuestEvent::Output { job, .. } if *job == neighbour));
+    let GuestEvent::Output { data, .. } = event.unwrap() else { unreachable!("filtered on Output") };
+    let pid = text(&data).trim().to_owned();
+    let out = run(&mut vm, &Job::python(attacks(&pid)));
+    assert_eq!(
+        text(&out.stdout),
+        "proc hidden\nenviron ENOENT\nkill EPERM\nptrace EPERM\n/home/user/secret absent\n/tmp/secret absent\n\
+         /dev/shm/secret absent\nusers EACCES\n",
+        "{}",
+        text(&out.stderr)
+    );
+    // The neighbour's /tmp is not the one the attacker filled, and a job
+    // put in its user on purpose sees its files and its process.
+    let mut same = Job::shell(format!(
+        "cat ~/secret /tmp/secret; test -e /tmp/fill || echo unfilled; test -e /proc/{pid} && echo seen; id -u"
+    ));
+    same.user = Some(neighbour);
+    let out = run(&mut vm, &same);
+    let uid = text(&run(&mut vm, &Job::shell("id -u")).stdout);
+    let said = text(&out.stdout);
+    assert!(said.starts_with("secret\nsecret\nunfilled\nseen\n"), "{said} {}", text(&out.stderr));
+    assert_ne!(said.lines().last(), Some(uid.trim()), "a job of its own has another uid");
+    vm.agent().signal(neighbour, vmhost::Signal::Kill).unwrap();
+    let _ = vm.agent().wait_job(neighbour, &mut |_, _| {});
+    // A fresh job finds an empty home and /tmp.
+    let out = run(&mut vm, &Job::shell("echo $(ls -A ~) $(ls -A /tmp) $(ls -A /dev/shm)x"));
+    assert_eq!(text(&out.stdout), "x\n", "{}", text(&out.stderr));
+    still_serving(&mut vm);
+    vm.shutdown();
+}
+
+#[test]
+fn files_put_in_for_a_job_are_its_users_and_a_session_is_apart() {
+    let mut vm = restored_vm();
+    vm.write_file("in.txt", b"data", 0o600).unwrap();
+    let out = run(
+        &mut vm,
+        &Job::python(
+            "import os; s = os.stat('in.txt'); print(s.st_uid == os.getuid(), open('in.txt').read())",
+        ),
+    );
+    assert_eq!(text(&out.stdout), "True data\n", "{}", text(&out.stderr));
+    // A session and a run beside it.
+    let mut session = vm.session(vmhost::Lang::Python).unwrap();
+    session.write_file("notes.txt", b"mine", 0o600).unwrap();
+    let step = session.exec("print(open('notes.txt').read())").unwrap();
+    assert_eq!(text(&step.stdout), "mine\n");
+    let shared = vm.shared();
+    let out = shared
+        .run(
+            &Job::shell("cat /home/user/notes.txt 2>/dev/null || echo unseen; ls /home/user | wc -l"),
+            &mut |_, _| {},
+        )
+        .unwrap();
+    assert_eq!(text(&out.stdout), "unseen\n0\n");
+    session.close().unwrap();
+    vm.shutdown();
+}

@@ -20,7 +20,7 @@ pub use message::*;
 /// Protocol version, sent in `Ready`. postcard is not self-describing, so
 /// any change to a message's fields (appended ones too) and any new variant
 /// is incompatible and bumps it (`PROTOCOL.md`, Stability).
-pub const VERSION: u16 = 4;
+pub const VERSION: u16 = 5;
 
 /// Largest frame on the wire, COBS overhead and delimiter included. Both
 /// sides hold one frame in a static buffer; 64 KiB keeps that small while a

@@ -71,6 +71,12 @@ pub struct Run<'a> {
     /// Memory the job's processes may use together, in MiB (its cgroup's
     /// `memory.max`); 0: the init's default (three quarters of the VM's).
     pub memory_limit_mb: u32,
+    /// The job's user, named by a key the host chooses: jobs with the same
+    /// key run as one guest user and share its home and `/tmp` (a
+    /// session's file operations, a run's uploads and downloads); `None`:
+    /// a user of its own. A key's first job gets a user no running job
+    /// has, with an empty home.
+    pub user: Option<u32>,
 }
 
 /// One environment variable of a job.

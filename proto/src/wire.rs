@@ -121,6 +121,11 @@ impl<'a> Input<'a> {
             fresh: self.bool()?,
             stdin: self.bool()?,
             memory_limit_mb: self.u32()?,
+            user: match self.byte()? {
+                0 => None,
+                1 => Some(self.u32()?),
+                _ => return Err(Malformed),
+            },
         })
     }
 }

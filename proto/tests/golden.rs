@@ -57,10 +57,33 @@ fn run() {
         fresh: false,
         stdin: false,
         memory_limit_mb: 0,
+        user: None,
     });
     let frame = [
         0x01, 0x02, 0x01, 0x07, 0x0c, 0x01, 0x01, 0x41, 0x01, 0x31, 0x09, 0x88, 0x27, 0x80, 0x80, 0x40, 0x80,
-        0x80, 0x40, 0x01, 0x01, 0x01, 0x00,
+        0x80, 0x40, 0x01, 0x01, 0x01, 0x01, 0x00,
+    ];
+    golden(&msg, &frame, request);
+}
+
+#[test]
+fn run_in_a_named_user() {
+    let msg = Request::Run(Run {
+        job: 2,
+        lang: Lang::Shell,
+        code_len: 3,
+        env: heapless::Vec::new(),
+        cwd: None,
+        timeout_ms: 0,
+        stdout_limit: 0,
+        stderr_limit: 0,
+        fresh: false,
+        stdin: false,
+        memory_limit_mb: 0,
+        user: Some(300),
+    });
+    let frame = [
+        0x01, 0x04, 0x02, 0x01, 0x03, 0x01, 0x01, 0x01, 0x01, 0x01, 0x01, 0x01, 0x04, 0x01, 0xac, 0x02, 0x00,
     ];
     golden(&msg, &frame, request);
 }
@@ -102,7 +125,7 @@ fn stdin_and_its_acknowledgement() {
 #[test]
 fn unknown_language_survives_decoding() {
     // Tag 0 (Run), job 1, language 9: the init must be able to name the field.
-    let bytes = [0x00, 0x01, 0x09, 0x01, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00];
+    let bytes = [0x00, 0x01, 0x09, 0x01, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00];
     let Request::Run(run) = request(&bytes) else { panic!("not a Run") };
     assert_eq!(run.lang, Lang::Unknown(9));
 }

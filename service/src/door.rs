@@ -136,11 +136,14 @@ impl Door {
         began: Instant,
     ) -> Result<RunResult, DoorError> {
         // Every refusal of the input comes before any VM is touched.
-        let (job, uploads) = request.check()?;
+        let (mut job, uploads) = request.check()?;
         // Counted from before the hand-out: taking a VM wakes the refill,
         // which must already see this run's job coming.
         let running = self.pool.running();
-        let lease = self.pool.take().await?;
+        let mut lease = self.pool.take().await?;
+        // The uploads, the job and its downloads share one guest user, one
+        // no warm-up job had: the files go in as the job's, come out as its.
+        job.user = Some(lease.vm.agent().new_user());
         let handed = began.elapsed();
         self.metrics.queue_seconds.observe(handed.as_secs_f64());
         self.metrics.handout_seconds.observe(handed.as_secs_f64());

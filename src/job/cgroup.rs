@@ -15,7 +15,6 @@ use rustix::fs::{AtFlags, Mode, OFlags};
 use rustix::io::Errno;
 
 use super::spawn::JOB_PROCESSES_TEXT;
-use crate::error::Os;
 use crate::log;
 use crate::log::Text;
 use crate::pieces;

@@ -112,6 +112,7 @@ pub fn sample_run<'a>(env: &[proto::Env<'a>], cwd: Option<&'a str>) -> Run<'a> {
         fresh: false,
         stdin: false,
         memory_limit_mb: 0,
+        user: None,
     }
 }
 

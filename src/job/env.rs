@@ -124,7 +124,7 @@ impl EnvBlock {
     fn c_str_at(&self, start: usize) -> &core::ffi::CStr {
         // Every start points at a string `append` terminated with a NUL, and
         // checks rejected NULs inside names, values and cwd.
-        core::ffi::CStr::from_bytes_until_nul(&self.bytes[start..]).unwrap_or(c"")
+        crate::log::c_str_until_nul(&self.bytes[start..]).unwrap_or(c"")
     }
 }
 

@@ -40,11 +40,14 @@ pub struct Loading {
     pub stdin: bool,
     /// Its cgroup's memory limit in bytes; 0: the default.
     pub memory: u64,
+    /// The user it runs as (`users`).
+    pub uid: u32,
 }
 
 impl Loading {
-    /// The job `run` asks for, with an empty memfd for its code.
-    pub fn new(run: &Run<'_>) -> Result<Loading, Refused> {
+    /// The job `run` asks for, as user `uid`, with an empty memfd for its
+    /// code.
+    pub fn new(run: &Run<'_>, uid: u32) -> Result<Loading, Refused> {
         let code = rustix::fs::memfd_create(c"job", MemfdFlags::CLOEXEC)
             .map_err(|e| Refused::new(ErrorKind::Spawn, describe(e)))?;
         Ok(Loading {
@@ -58,6 +61,7 @@ impl Loading {
             zygote: warm::may_fork(run),
             stdin: run.stdin,
             memory: u64::from(run.memory_limit_mb) << 20,
+            uid,
         })
     }
 

@@ -9,7 +9,8 @@
 //! forked child), `running` and `machine` (a started job, and when it is
 //! over), `warm` and `zygote` (the Python zygote's life, and its records),
 //! `early` (reaps before a zygote job's pid), `refused` (what the host is
-//! told when a request is turned down).
+//! told when a request is turned down), `users` (which user a job runs
+//! as, and its home and /tmp).
 
 // A refusal may carry text formatted into a fixed buffer (no allocator);
 // returning it by value is the price, paid only on the error path.
@@ -25,6 +26,7 @@ mod refused;
 mod running;
 mod spawn;
 mod stdin;
+pub mod users;
 mod warm;
 pub mod zygote;
 
@@ -45,6 +47,7 @@ pub use self::refused::{Refused, Why};
 use self::running::{Handoff, Running, arm};
 use self::spawn::Program;
 use self::stdin::{Feed, Window};
+use self::users::Users;
 use self::warm::{Heard, WarmPython};
 use crate::config::JobConfig;
 use crate::poll::{Poll, Token};
@@ -82,20 +85,31 @@ impl JobState {
             JobState::Running(r) => Some(r.id),
         }
     }
+
+    fn uid(&self) -> Option<u32> {
+        match self {
+            JobState::Free => None,
+            JobState::Loading(l) => Some(l.uid),
+            JobState::Running(r) => Some(r.uid),
+        }
+    }
 }
 
-/// The table's big memory: an environment block of 16 KiB per slot and a
-/// pipe buffer, all zeros, so in `.bss` for the life of the init.
+/// The table's big memory: an environment block of 16 KiB per slot, a
+/// pipe buffer and the users, all zeros, so in `.bss` for the life of the
+/// init.
 struct Memory {
     envs: [EnvBlock; MAX_JOBS],
     output: [u8; MAX_CHUNK],
     windows: [Window; MAX_JOBS],
+    users: Users,
 }
 
 static MEMORY: TakeOnce<Memory> = TakeOnce::new(Memory {
     envs: [const { EnvBlock::new() }; MAX_JOBS],
     output: [0; MAX_CHUNK],
     windows: [[0; stdin::WINDOW]; MAX_JOBS],
+    users: Users::new(),
 });
 
 /// Every job the init knows about, in fixed slots: slot `i` is `states[i]`
@@ -121,12 +135,13 @@ pub struct Jobs {
     /// Processes reaped while a zygote job's pid was not known yet: one of
     /// them may be its leader, which exited at once.
     early: EarlyReaps,
+    users: &'static mut Users,
 }
 
 impl Jobs {
     /// The table; `None` if it was made already (its memory is static).
     pub fn new(config: JobConfig, owns_all: bool, cgroups: Option<Cgroups>) -> Option<Jobs> {
-        let Memory { envs, output, windows } = MEMORY.take()?;
+        let Memory { envs, output, windows, users } = MEMORY.take()?;
         let states = [const { JobState::Free }; MAX_JOBS];
         let (zygote, early) = (WarmPython::new(), EarlyReaps::new());
         let (paused, started) = (false, 0);
@@ -142,6 +157,7 @@ impl Jobs {
             started,
             zygote,
             early,
+            users,
         })
     }
 
@@ -179,15 +195,44 @@ impl Jobs {
         let invalid = |why| Refused::new(ErrorKind::InvalidJob, why);
         let env = &mut self.envs[i];
         env.fill(run, self.config.home.to_bytes()).map_err(Refused::invalid)?;
+        let uid = match self.config.private {
+            true => {
+                let base = self.config.uid;
+                let held = self
+                    .states
+                    .iter()
+                    .filter_map(JobState::uid)
+                    .fold(0u64, |held, uid| held | 1u64.checked_shl(uid.wrapping_sub(base)).unwrap_or(0));
+                let (uid, fresh) = self.users.choose(run.user, base, held);
+                if fresh {
+                    users::renew(uid);
+                }
+                uid
+            }
+            false => self.config.uid,
+        };
         if let Some(cwd) = env.cwd() {
-            match rustix::fs::stat(cwd) {
-                Ok(st) if FileType::from_raw_mode(st.st_mode) == FileType::Directory => {}
-                Ok(_) => return Err(invalid("cwd: not a directory")),
+            // As the job will see it: in its user's home or /tmp, if not
+            // in the init's view.
+            let dir = |path: &core::ffi::CStr| {
+                rustix::fs::stat(path).map(|st| FileType::from_raw_mode(st.st_mode) == FileType::Directory)
+            };
+            let cwd_str = core::str::from_utf8(cwd.to_bytes_with_nul()).unwrap_or_default();
+            let own = users::path(uid, cwd_str);
+            match dir(cwd).or_else(|_| dir(own.as_c_str().unwrap_or_default())) {
+                Ok(true) => {}
+                Ok(false) => return Err(invalid("cwd: not a directory")),
                 Err(_) => return Err(invalid("cwd: no such directory")),
             }
         }
-        self.states[i] = JobState::Loading(Loading::new(run)?);
+        self.states[i] = JobState::Loading(Loading::new(run, uid)?);
         Ok(())
+    }
+
+    /// A restored VM serves a new host: the keys of the old one name no
+    /// user any more.
+    pub fn forget_users(&mut self) {
+        self.users.forget();
     }
 
     /// `Code`: appends a chunk to a loading job's code; once the code is
@@ -243,10 +288,11 @@ impl Jobs {
         let env = &self.envs[i];
         let handoff = Handoff { code: job.code, stdin: stdin_read, out: out_write, err: err_write };
         let fds = handoff.fds(cgroup.as_ref());
-        let (pid, handoff, loaded) = if job.zygote && self.zygote.request(job.id, fds, env, self.config.uid) {
+        let (pid, handoff, loaded) = if job.zygote && self.zygote.request(job.id, fds, env, job.uid) {
             (None, Some(handoff), Loaded::AskedZygote)
         } else {
-            let pid = spawn::spawn(&self.config, program, fds, env).map_err(|(what, e)| failed(what, e))?;
+            let pid = spawn::spawn(&self.config, program, fds, env, job.uid)
+                .map_err(|(what, e)| failed(what, e))?;
             // The code and the write ends are dropped here: the child
             // holds its own copies.
             (Some(pid), None, Loaded::Started(pid))
@@ -264,6 +310,7 @@ impl Jobs {
         }
         self.states[i] = JobState::Running(Running {
             id: job.id,
+            uid: job.uid,
             pid,
             handoff,
             pending: None,
@@ -327,6 +374,7 @@ impl Jobs {
                 Program::Lang(Lang::Python),
                 handoff.fds(job.cgroup.as_ref()),
                 env,
+                job.uid,
             ) {
                 Ok(pid) => job.forked(pid, tx),
                 Err(_) => {
@@ -542,14 +590,16 @@ impl Jobs {
             (Some(cgroups), Some(cgroup)) => cgroups.end(cgroup),
             _ => cgroup::Usage::default(),
         };
-        let others_running = self.states.iter().any(|s| matches!(s, JobState::Running(_)));
+        let uid = job.uid;
+        let others_running = self.states.iter().any(|s| matches!(s, JobState::Running(r) if r.uid == uid));
         if self.owns_all && !others_running {
             // A process that left the job's group (setsid, a daemon) would
-            // outlive it. With no other job running, every process but the
-            // init belongs to a finished job: end them all, so nothing leaks
-            // into the next job. They are reaped as orphans. Only the job
-            // user's: the zygote is not a leftover.
-            sys::kill_all_of(self.config.uid);
+            // outlive it. With no other job of its user running, every
+            // process of that user but the init's belongs to a finished
+            // job: end them all, so nothing leaks into the user's next job.
+            // They are reaped as orphans. Only the job user's: the zygote
+            // and other users' jobs are not leftovers.
+            sys::kill_all_of(uid);
         }
         job.end(usage, &mut self.output[..], tx);
     }

@@ -15,7 +15,6 @@ use super::cgroup::{Cgroup, Usage};
 use super::machine::{Machine, STREAMS, Sink, Streams};
 use super::spawn::Fds;
 use super::stdin::Feed;
-use crate::error::Os;
 use crate::log;
 use crate::port::Tx;
 use crate::sys::{self, Signal};
@@ -45,6 +44,8 @@ impl Handoff {
 /// A job whose interpreter was forked.
 pub struct Running {
     pub id: u32,
+    /// The user it runs as.
+    pub uid: u32,
     /// The leader, which is also the process group id; `None` while the
     /// zygote has not said which process it forked.
     pub pid: Option<Pid>,

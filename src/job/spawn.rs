@@ -23,6 +23,7 @@ use rustix::io::{Errno, FdFlags};
 use rustix::process::{Pid, Resource, Rlimit};
 
 use super::env::{DEFAULT_ENV, EnvBlock};
+use super::users;
 use crate::config::JobConfig;
 use crate::error::describe;
 use crate::log::{self, Path};
@@ -77,13 +78,14 @@ pub struct Fds<'a> {
     pub stderr: BorrowedFd<'a>,
 }
 
-/// Forks `program` on the code and standard streams in `fds`; the
-/// leader's pid.
+/// Forks `program` on the code and standard streams in `fds`, as user
+/// `uid`; the leader's pid.
 pub fn spawn(
     config: &JobConfig,
     program: Program,
     fds: Fds<'_>,
     env: &EnvBlock,
+    uid: u32,
 ) -> Result<Pid, (&'static str, Errno)> {
     let interpreter = match program {
         Program::Lang(Lang::Python) => config.python,
@@ -107,7 +109,7 @@ pub fn spawn(
     match unsafe { sys::fork(fds.cgroup) }.map_err(|e| ("fork", e))? {
         Fork::Parent(pid) => Ok(pid),
         Fork::Child(child) => {
-            let setup = Setup { config, interpreter, cwd, fds };
+            let setup = Setup { config, interpreter, cwd, fds, uid };
             setup.exec(&child, &argv, &envp)
         }
     }
@@ -170,6 +172,7 @@ struct Setup<'a> {
     interpreter: &'a CStr,
     cwd: &'a CStr,
     fds: Fds<'a>,
+    uid: u32,
 }
 
 impl Setup<'_> {
@@ -197,13 +200,12 @@ impl Setup<'_> {
             child.dup2(code, CODE_FD)
         };
         check(code, "cannot pass the code on descriptor 3");
-        match stdin {
-            Some(pipe) => check(child.dup2(pipe, 0), "cannot pass stdin"),
-            None => {
-                let null = rustix::fs::open(c"/dev/null", OFlags::RDONLY, Mode::empty());
-                check(null.and_then(|fd| child.dup2(fd.as_fd(), 0)), "cannot open /dev/null");
-            }
-        }
+        let stdin = match stdin {
+            Some(pipe) => child.dup2(pipe, 0),
+            None => rustix::fs::open(c"/dev/null", OFlags::RDONLY, Mode::empty())
+                .and_then(|null| child.dup2(null.as_fd(), 0)),
+        };
+        check(stdin, "cannot pass stdin");
         child.close_from(CODE_FD + 1);
 
         // The init is exempt from the OOM killer (-1000), and children
@@ -224,12 +226,16 @@ impl Setup<'_> {
         };
         check(rustix::process::setrlimit(Resource::Nproc, nproc), "cannot set RLIMIT_NPROC");
         let _ = rustix::process::setrlimit(Resource::Core, Rlimit { current: Some(0), maximum: Some(0) });
+        if self.config.private {
+            check(users::enter(child, self.uid), "cannot give the job its user's home and /tmp");
+        }
         if rustix::process::getuid().is_root() {
-            let uid = rustix::process::Uid::from_raw(self.config.uid);
-            let gid = rustix::process::Gid::from_raw(self.config.uid);
-            check(rustix::thread::set_thread_groups(&[]), "cannot drop supplementary groups");
-            check(rustix::thread::set_thread_gid(gid), "cannot change group");
-            check(rustix::thread::set_thread_uid(uid), "cannot change user");
+            let uid = rustix::process::Uid::from_raw(self.uid);
+            let gid = rustix::process::Gid::from_raw(self.uid);
+            let dropped = rustix::thread::set_thread_groups(&[])
+                .and_then(|()| rustix::thread::set_thread_gid(gid))
+                .and_then(|()| rustix::thread::set_thread_uid(uid));
+            check(dropped, "cannot become the job user");
         }
         check(rustix::thread::set_no_new_privs(true), "cannot set no_new_privs");
         if let Err(e) = rustix::process::chdir(self.cwd) {

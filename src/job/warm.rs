@@ -15,7 +15,6 @@ use super::env::EnvBlock;
 use super::spawn::{self, Fds};
 use super::zygote::{PIPE_BUF, REPLY, Reply, Request};
 use crate::config::JobConfig;
-use crate::error::Os;
 use crate::log;
 use crate::poll::{Poll, Token};
 use crate::sys::{self, Signal};

@@ -42,8 +42,14 @@ const ROUNDS: usize = 200;
 const ROUND_NS: i64 = 5_000_000;
 
 /// Where the jobs run: `cat` prints their code, so their output is known.
-const JOBS: JobConfig =
-    JobConfig { python: c"/bin/cat", shell: c"/bin/cat", home: c"/", uid: 65534, zygote: c"" };
+const JOBS: JobConfig = JobConfig {
+    python: c"/bin/cat",
+    shell: c"/bin/cat",
+    home: c"/",
+    uid: 65534,
+    private: false,
+    zygote: c"",
+};
 
 /// The init's side, and the host's ends of the port.
 struct Harness {
@@ -214,6 +220,7 @@ mod tests {
             fresh: false,
             stdin: false,
             memory_limit_mb: 0,
+            user: None,
         }
     }
 

@@ -76,7 +76,7 @@ fn guest_environment() {
     let out = run(
         &mut vm,
         &Job::shell(
-            "id -u; echo $HOME; pwd; \
+            "test $(id -u) -ge 1000 && test $(id -u) -lt 1032 && echo job-user; echo $HOME; pwd; \
              ls /dev/mem /dev/kmem /dev/port 2>&1 | wc -l; ls /dev/mem 2>/dev/null | wc -l; \
              stat -c '%a %U' /tmp /home/user; \
              touch /tmp/t /home/user/t /dev/shm/t && echo writable; \
@@ -86,7 +86,7 @@ fn guest_environment() {
     );
     assert_eq!(
         text(&out.stdout),
-        "1000\n/home/user\n/home/user\n3\n0\n1777 root\n700 user\nwritable\nroot-is-read-only\n0\n0\n",
+        "job-user\n/home/user\n/home/user\n3\n0\n700 user\n700 user\nwritable\nroot-is-read-only\n0\n0\n",
         "stderr: {}",
         text(&out.stderr)
     );

@@ -84,6 +84,13 @@ impl Agent {
         Ok(id)
     }
 
+    /// A guest user no job of this connection had: the file operations
+    /// that follow act on it, and so does the next job that names no user
+    /// (or any job that names this one). The key to put in [`Job::user`].
+    pub fn new_user(&mut self) -> u32 {
+        self.encoder.new_user()
+    }
+
     /// [`Agent::submit`] with a caller-chosen id.
     pub fn submit_as(&mut self, id: u32, job: &Job) -> Result<()> {
         self.encoder.reserve(id);
@@ -91,7 +98,8 @@ impl Agent {
     }
 
     fn submit_with(&mut self, id: u32, job: &Job, stdin: bool) -> Result<()> {
-        let frames = core::job_frames(id, job, stdin)?;
+        let user = self.encoder.user(id, job);
+        let frames = core::job_frames(id, job, stdin, user)?;
         self.backlog.reuse(id);
         self.send_raw(&frames)
     }
@@ -320,6 +328,10 @@ impl Agent {
 impl Runner for Agent {
     fn run_job(&mut self, job: &Job, on_output: &mut dyn FnMut(Stream, &[u8])) -> Result<Outcome> {
         self.run(job, on_output)
+    }
+
+    fn files_user(&mut self) -> u32 {
+        self.encoder.files_user()
     }
 }
 

@@ -14,15 +14,19 @@ use crate::error::AgentError;
 
 type Result<T, E = AgentError> = std::result::Result<T, E>;
 
-/// The encoding side: ids and frames.
+/// The encoding side: ids, users and frames.
 pub struct Encoder {
     next_job: u32,
     next_seq: u32,
+    /// The user file operations act on (see [`Runner::files_user`](super::Runner::files_user)).
+    files_user: Option<u32>,
+    /// The next job without a user of its own takes `files_user`.
+    files_first: bool,
 }
 
 impl Default for Encoder {
     fn default() -> Self {
-        Encoder { next_job: 1, next_seq: 1 }
+        Encoder { next_job: 1, next_seq: 1, files_user: None, files_first: false }
     }
 }
 
@@ -41,6 +45,39 @@ impl Encoder {
         seq
     }
 
+    /// The user job `id` runs as: its own key, or the file operations'
+    /// user if they came first, or its id (a key no other job has).
+    pub fn user(&mut self, id: u32, job: &Job) -> u32 {
+        if let Some(user) = job.user {
+            return user;
+        }
+        let user = match (self.files_first, self.files_user) {
+            (true, Some(user)) => user,
+            _ => id,
+        };
+        self.files_first = false;
+        self.files_user = Some(user);
+        user
+    }
+
+    /// The user file operations act on (see
+    /// [`Runner::files_user`](super::Runner::files_user)).
+    pub fn files_user(&mut self) -> u32 {
+        match self.files_user {
+            Some(user) => user,
+            None => self.new_user(),
+        }
+    }
+
+    /// A user no job of this encoder had: file operations act on it from
+    /// now on, and the next job without a user of its own takes it.
+    pub fn new_user(&mut self) -> u32 {
+        let user = self.job_id();
+        self.files_user = Some(user);
+        self.files_first = true;
+        user
+    }
+
     /// The ids after a caller chose `id` itself: never hand it out again.
     pub fn reserve(&mut self, id: u32) {
         if id >= self.next_job {
@@ -54,9 +91,9 @@ pub fn frame(request: &Request<'_>) -> Result<Vec<u8>> {
     postcard::to_stdvec_cobs(request).map_err(AgentError::Encode)
 }
 
-/// A job's header and its code in chunks, as frames; `stdin`: the caller
-/// feeds the job's stdin with `Request::Stdin`.
-pub fn job_frames(id: u32, job: &Job, stdin: bool) -> Result<Vec<u8>> {
+/// A job's header and its code in chunks, as frames, the job running as
+/// `user`; `stdin`: the caller feeds the job's stdin with `Request::Stdin`.
+pub fn job_frames(id: u32, job: &Job, stdin: bool, user: u32) -> Result<Vec<u8>> {
     let mut env = heapless::Vec::new();
     for (name, value) in &job.env {
         env.push(Env { name, value })
@@ -78,6 +115,7 @@ pub fn job_frames(id: u32, job: &Job, stdin: bool) -> Result<Vec<u8>> {
         fresh: job.fresh,
         stdin,
         memory_limit_mb: job.memory_limit_mb.unwrap_or(0),
+        user: Some(user),
     };
     let mut frames = frame(&Request::Run(run))?;
     for chunk in job.code.chunks(proto::MAX_CHUNK) {
@@ -273,7 +311,7 @@ mod tests {
         let code = vec![b'x'; proto::MAX_CHUNK + 10];
         let mut job = Job::python(code.clone());
         job.env.push(("A".into(), "1".into()));
-        let frames = job_frames(7, &job, false).unwrap();
+        let frames = job_frames(7, &job, false, 7).unwrap();
         let parts: Vec<&[u8]> = frames.split_inclusive(|&b| b == 0).collect();
         assert_eq!(parts.len(), 3, "a header and two chunks");
         let mut header = parts[0].to_vec();
@@ -302,14 +340,14 @@ mod tests {
     fn no_timeout_is_zero_and_a_tiny_one_is_not() {
         let mut job = Job::shell("true");
         job.timeout = None;
-        let mut frames = job_frames(1, &job, true).unwrap();
+        let mut frames = job_frames(1, &job, true, 1).unwrap();
         let end = frames.iter().position(|&b| b == 0).unwrap() + 1;
         let Request::Run(run) = postcard::from_bytes_cobs::<Request<'_>>(&mut frames[..end]).unwrap() else {
             panic!()
         };
         assert_eq!((run.timeout_ms, run.stdin), (0, true));
         job.timeout = Some(Duration::from_micros(10));
-        let mut frames = job_frames(1, &job, false).unwrap();
+        let mut frames = job_frames(1, &job, false, 1).unwrap();
         let end = frames.iter().position(|&b| b == 0).unwrap() + 1;
         let Request::Run(run) = postcard::from_bytes_cobs::<Request<'_>>(&mut frames[..end]).unwrap() else {
             panic!()
@@ -322,11 +360,11 @@ mod tests {
         let mut job = Job::shell("true");
         job.env = (0..=proto::MAX_ENV).map(|i| (format!("V{i}"), String::new())).collect();
         assert!(
-            matches!(job_frames(1, &job, false), Err(AgentError::InvalidJob(why)) if why.starts_with("env"))
+            matches!(job_frames(1, &job, false, 1), Err(AgentError::InvalidJob(why)) if why.starts_with("env"))
         );
         let job = Job::shell(vec![b' '; proto::MAX_CODE as usize + 1]);
         assert!(
-            matches!(job_frames(1, &job, false), Err(AgentError::InvalidJob(why)) if why.starts_with("code"))
+            matches!(job_frames(1, &job, false, 1), Err(AgentError::InvalidJob(why)) if why.starts_with("code"))
         );
     }
 

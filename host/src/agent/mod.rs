@@ -14,4 +14,4 @@ pub mod types;
 
 pub use self::blocking::Agent;
 pub use self::shared::{JobHandle, Shared};
-pub use self::types::{GuestEvent, Job, Outcome, Runner, Signal};
+pub use self::types::{AsUser, GuestEvent, Job, Outcome, Runner, Signal};

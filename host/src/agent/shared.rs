@@ -119,8 +119,12 @@ impl Shared {
     }
 
     fn submit_with(&self, job: &Job, stdin: bool) -> Result<JobHandle> {
-        let id = lock(&self.inner.encoder).job_id();
-        let frames = core::job_frames(id, job, stdin)?;
+        let (id, user) = {
+            let mut encoder = lock(&self.inner.encoder);
+            let id = encoder.job_id();
+            (id, encoder.user(id, job))
+        };
+        let frames = core::job_frames(id, job, stdin, user)?;
         let (sink, events) = mpsc::sync_channel(JOB_CHANNEL);
         {
             let mut routes = lock(&self.inner.routes);
@@ -130,7 +134,7 @@ impl Shared {
             routes.dropped.remove(&id);
             routes.jobs.insert(id, sink);
         }
-        let handle = JobHandle { id, shared: self.clone(), events };
+        let handle = JobHandle { id, user, shared: self.clone(), events };
         self.send_frames(&frames)?;
         Ok(handle)
     }
@@ -142,6 +146,12 @@ impl Shared {
         let handle = self.submit(job)?;
         let patience = job.timeout.map(|t| t + GUEST_MARGIN);
         handle.finish(job.stdin.as_deref(), patience, on_output)
+    }
+
+    /// A guest user no job of this connection had (see
+    /// [`Agent::new_user`](super::Agent::new_user)).
+    pub fn new_user(&self) -> u32 {
+        lock(&self.inner.encoder).new_user()
     }
 
     /// Round trip: the init's counters, or an error within `timeout`.
@@ -180,6 +190,10 @@ impl Shared {
 impl Runner for Shared {
     fn run_job(&mut self, job: &Job, on_output: &mut dyn FnMut(Stream, &[u8])) -> Result<Outcome> {
         self.run(job, on_output)
+    }
+
+    fn files_user(&mut self) -> u32 {
+        lock(&self.inner.encoder).files_user()
     }
 }
 
@@ -246,6 +260,8 @@ fn deliver(routes: &mut Routes, event: GuestEvent) {
 /// One submitted job's events, owned by whoever waits for it.
 pub struct JobHandle {
     id: u32,
+    /// The guest user it runs as (its key).
+    user: u32,
     shared: Shared,
     events: Receiver<GuestEvent>,
 }
@@ -253,6 +269,17 @@ pub struct JobHandle {
 impl JobHandle {
     pub fn id(&self) -> u32 {
         self.id
+    }
+
+    /// The key of the guest user it runs as: a [`Job::user`] for jobs
+    /// that are to share it.
+    pub fn user(&self) -> u32 {
+        self.user
+    }
+
+    /// The connection it runs on.
+    pub fn shared(&self) -> &Shared {
+        &self.shared
     }
 
     /// The job's next event, waiting at most `wait` (`None`: as long as it

@@ -28,6 +28,12 @@ pub struct Job {
     /// the guest's default (three quarters of its memory). Past it, the
     /// job is OOM-killed, its neighbours are not.
     pub memory_limit_mb: Option<u32>,
+    /// The guest user to run as, by key: jobs with the same key share one
+    /// user (its uid, home and `/tmp`), so they may see each other's
+    /// files and processes; `None`: a user of its own (its key is its
+    /// id), unless file operations came first on the connection, whose
+    /// user it then takes (see [`Runner::files_user`]).
+    pub user: Option<u32>,
 }
 
 impl Job {
@@ -43,6 +49,7 @@ impl Job {
             fresh: false,
             stdin: None,
             memory_limit_mb: None,
+            user: None,
         }
     }
 
@@ -150,4 +157,36 @@ impl Outcome {
 pub trait Runner {
     fn run_job(&mut self, job: &Job, on_output: &mut dyn FnMut(Stream, &[u8]))
     -> Result<Outcome, AgentError>;
+
+    /// The user that file operations without one of their own act on: the
+    /// user of the connection's latest job that did not name one, or,
+    /// before any, a new user that the next such job takes (so files put
+    /// in before a job are its own, and files read after it are its).
+    fn files_user(&mut self) -> u32;
+}
+
+/// A runner whose jobs and file operations all run as one guest user:
+/// those of a session, or of a run and the files put in and taken out
+/// around it. A job that names a user of its own keeps it.
+pub struct AsUser<R> {
+    pub runner: R,
+    pub user: u32,
+}
+
+impl<R: Runner> Runner for AsUser<R> {
+    fn run_job(
+        &mut self,
+        job: &Job,
+        on_output: &mut dyn FnMut(Stream, &[u8]),
+    ) -> Result<Outcome, AgentError> {
+        if job.user.is_some() {
+            return self.runner.run_job(job, on_output);
+        }
+        let job = Job { user: Some(self.user), ..job.clone() };
+        self.runner.run_job(&job, on_output)
+    }
+
+    fn files_user(&mut self) -> u32 {
+        self.user
+    }
 }

@@ -1,9 +1,11 @@
 //! Files into and out of a guest, between jobs: each operation is a
-//! Python job (`files.py`) run as the job user, fed by the job's stdin or
+//! Python job (`files.py`) run as a job user, fed by the job's stdin or
 //! read from its stdout, so the init needs no file code of its own and the
-//! guest kernel checks every permission. Paths are relative to the job
-//! user's home, or absolute inside it; `..` and symbolic links on the way
-//! are refused.
+//! guest kernel checks every permission. Which user: the runner's
+//! [`Runner::files_user`] (for a session or a run's files, an
+//! [`AsUser`](crate::agent::AsUser)), so that the files belong to the job
+//! they are for. Paths are relative to that user's home, or absolute
+//! inside it; `..` and symbolic links on the way are refused.
 
 use std::time::Duration;
 
@@ -63,12 +65,12 @@ pub enum FileError {
 }
 
 /// Writes `data` to `path` in the guest (made with `mode`, owned by the
-/// job user; missing directories are made).
+/// runner's files user; missing directories are made).
 pub fn write(runner: &mut dyn Runner, path: &str, data: &[u8], mode: u32) -> Result<(), FileError> {
     if data.len() > MAX_FILE as usize {
         return Err(FileError::TooBig { path: path.to_owned(), size: data.len() });
     }
-    let mut job = helper("write", path);
+    let mut job = helper(runner, "write", path);
     job.env.push(("PID1_MODE".into(), mode.to_string()));
     job.stdin = Some(data.to_vec());
     file_job(runner, &job).map(drop)
@@ -76,17 +78,20 @@ pub fn write(runner: &mut dyn Runner, path: &str, data: &[u8], mode: u32) -> Res
 
 /// The bytes of the guest file `path`.
 pub fn read(runner: &mut dyn Runner, path: &str) -> Result<Vec<u8>, FileError> {
-    file_job(runner, &helper("read", path))
+    let job = helper(runner, "read", path);
+    file_job(runner, &job)
 }
 
 /// Removes the guest file `path` (or an empty directory).
 pub fn delete(runner: &mut dyn Runner, path: &str) -> Result<(), FileError> {
-    file_job(runner, &helper("delete", path)).map(drop)
+    let job = helper(runner, "delete", path);
+    file_job(runner, &job).map(drop)
 }
 
 /// The entries of the guest directory `path`, by name.
 pub fn list(runner: &mut dyn Runner, path: &str) -> Result<Vec<FileEntry>, FileError> {
-    parse_listing(&file_job(runner, &helper("list", path))?)
+    let job = helper(runner, "list", path);
+    parse_listing(&file_job(runner, &job)?)
 }
 
 /// `files.py`'s listing: NUL-ended records of tab-separated kind, size,
@@ -120,8 +125,9 @@ fn file_job(runner: &mut dyn Runner, job: &Job) -> Result<Vec<u8>, FileError> {
     Ok(out.stdout)
 }
 
-fn helper(op: &str, path: &str) -> Job {
+fn helper(runner: &mut dyn Runner, op: &str, path: &str) -> Job {
     let mut job = Job::python(HELPER);
+    job.user = Some(runner.files_user());
     job.env = vec![("PID1_OP".into(), op.into()), ("PID1_PATH".into(), path.into())];
     // 256 MiB at the console's pace (some 4.5 MB/s under TCG).
     job.timeout = Some(Duration::from_secs(600));

@@ -16,8 +16,9 @@ use std::time::{Duration, Instant};
 
 use proto::{Lang, Stream};
 
-use crate::agent::{GuestEvent, Job, JobHandle, Shared, Signal};
+use crate::agent::{AsUser, GuestEvent, Job, JobHandle, Shared, Signal};
 use crate::error::AgentError;
+use crate::guest::files::{self, FileEntry, FileError};
 
 const PYTHON_DRIVER: &str = include_str!("session.py");
 const SHELL_DRIVER: &str = include_str!("session.sh");
@@ -107,6 +108,37 @@ impl Session {
             ended: false,
             steps: 0,
         })
+    }
+
+    /// The key of the session's guest user, which it keeps for its whole
+    /// life: jobs that name it ([`Job::user`]) see the session's files.
+    pub fn user(&self) -> u32 {
+        self.job.user()
+    }
+
+    /// A runner whose jobs and file operations run as the session's user.
+    pub fn runner(&self) -> AsUser<Shared> {
+        AsUser { runner: self.job.shared().clone(), user: self.user() }
+    }
+
+    /// Writes `data` to `path` in the session's home (see [`files::write`]).
+    pub fn write_file(&self, path: &str, data: &[u8], mode: u32) -> Result<(), FileError> {
+        files::write(&mut self.runner(), path, data, mode)
+    }
+
+    /// The bytes of `path` in the session's home.
+    pub fn read_file(&self, path: &str) -> Result<Vec<u8>, FileError> {
+        files::read(&mut self.runner(), path)
+    }
+
+    /// Removes the file (or empty directory) `path` of the session's home.
+    pub fn delete_file(&self, path: &str) -> Result<(), FileError> {
+        files::delete(&mut self.runner(), path)
+    }
+
+    /// The entries of the directory `path` of the session's home.
+    pub fn list_files(&self, path: &str) -> Result<Vec<FileEntry>, FileError> {
+        files::list(&mut self.runner(), path)
     }
 
     /// Whether the session has ended (closed, killed, or its driver gone).
