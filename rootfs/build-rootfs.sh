@@ -93,6 +93,10 @@ for uid in $users; do
     mkdir -p "$root/usr/lib/pid1/users/$uid"/{home/user,tmp,dev/shm}
 done
 chmod 0700 "$root/usr/lib/pid1/users"
+# A package layer is mounted at /opt/pid1/packages (the host's second
+# disk); the .pth puts it on every interpreter's sys.path.
+mkdir -p "$root/opt/pid1/packages" "$root/usr/lib/python3/dist-packages"
+echo /opt/pid1/packages > "$root/usr/lib/python3/dist-packages/pid1-packages.pth"
 
 # Every job user is "user" at /home/user, as each sees its own home there.
 {

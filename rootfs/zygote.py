@@ -248,6 +248,36 @@ def run_as_main():
     exit_as_python_does(0)
 
 
+# A package layer's list of what to import (host/src/packages/layer.rs).
+PRELOAD = "/opt/pid1/packages/.pid1-preload"
+
+
+def preload(skipped):
+    """Imports the package layer's modules, after the settings it names
+    (`NAME=VALUE` lines, such as OPENBLAS_NUM_THREADS=1). A module whose
+    import leaves a thread running would make every fork unsafe (a child
+    inherits the thread's locks, not the thread): the zygote starts again
+    without it, its name added to `skipped` (the arguments after the first)."""
+    try:
+        with open(PRELOAD) as f:
+            lines = f.read().split()
+    except OSError:
+        return
+    for line in lines:
+        name, sep, value = line.partition("=")
+        if sep:
+            os.environ.setdefault(name, value)
+    for name in lines:
+        if "=" in name or name in skipped:
+            continue
+        try:
+            __import__(name)
+        except BaseException:
+            continue
+        if len(os.listdir("/proc/self/task")) > 1:
+            os.execv(sys.executable, [sys.executable, *sys.argv, name])
+
+
 def settle():
     """What every job inherits and the zygote may share: the OOM killer may
     pick it (the init is exempt, and children inherit that), no core
@@ -266,6 +296,7 @@ def settle():
 if __name__ == "__main__":
     # Read before anything is forked: a zygote started wrongly ends here.
     job_processes = int(sys.argv[1])
+    preload(set(sys.argv[2:]))
     settle()
     # The zygote's objects are never collected in a job: the collector then
     # neither walks them nor writes to their pages (which a fork shares).

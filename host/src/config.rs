@@ -29,6 +29,10 @@ pub struct VmConfig {
     pub cold: bool,
     /// Where templates, the accelerator verdict and the TSC rate are kept.
     pub cache_dir: PathBuf,
+    /// A package layer (`crate::packages::prepare`) attached read-only as
+    /// the second disk, which the init mounts where the guest's Python
+    /// finds it. It is in the template's key: a layer has its own template.
+    pub packages: Option<PathBuf>,
     /// What confines QEMU on the host (see [`crate::jail`]).
     pub jail: JailConfig,
 }
@@ -50,6 +54,7 @@ impl Default for VmConfig {
             debug: false,
             cold: false,
             cache_dir: default_cache_dir(),
+            packages: None,
             jail: JailConfig::default(),
         }
     }

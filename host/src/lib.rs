@@ -12,7 +12,8 @@
 //! [`qemu`] layer (command line, process, monitor, console); [`vm`] (one
 //! VM's life); [`template`] (snapshot templates); [`boot`] (restore or
 //! cold); [`agent`] (the wire: a core without I/O and two transports);
-//! [`guest`] (files and sessions, through jobs); [`api`] (a run's request
+//! [`guest`] (files and sessions, through jobs); [`packages`] (package
+//! layers, made on the host); [`api`] (a run's request
 //! and result, as every front end speaks them).
 
 pub mod accel;
@@ -24,6 +25,7 @@ pub mod config;
 pub mod error;
 pub mod guest;
 pub mod jail;
+pub mod packages;
 pub mod qemu;
 pub mod template;
 mod tsc;

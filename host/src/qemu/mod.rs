@@ -141,6 +141,13 @@ pub fn qemu_args(config: &VmConfig, accel: Accel, launch: &Launch<'_>) -> Vec<St
         "-device",
         "virtserialport,chardev=agent,name=pid1",
     ]);
+    // The package layer is /dev/vdb. Devices are numbered in the order
+    // given: last, it leaves the others' numbers (the init's port is
+    // /dev/vport2p1) as they are without it.
+    if let Some(layer) = &config.packages {
+        let drive = format!("id=packages,file={},format=raw,if=none,readonly=on", layer.display());
+        push(&["-drive", &drive, "-device", "virtio-blk-device,drive=packages"]);
+    }
     let serial = match launch.console {
         Console::File(path) => format!("file:{}", path.display()),
         Console::Stderr => "file:/dev/stderr".to_owned(),
@@ -209,6 +216,18 @@ mod tests {
         for absent in ["-object", "-mon", "-incoming"] {
             assert!(!args.iter().any(|a| a == absent), "{absent} in {args:?}");
         }
+    }
+
+    #[test]
+    fn a_package_layer_is_the_second_disk_read_only() {
+        let plain = qemu_args(&config(), Accel::Tcg, &launch(Ram::Anonymous));
+        assert!(!plain.iter().any(|a| a.contains("id=packages")), "{plain:?}");
+        let with = VmConfig { packages: Some(PathBuf::from("/c/layers/ab.erofs")), ..config() };
+        let args = qemu_args(&with, Accel::Tcg, &launch(Ram::Anonymous));
+        let drives: Vec<&String> = args.iter().filter(|a| a.starts_with("id=")).collect();
+        assert_eq!(drives.len(), 2, "{args:?}");
+        assert_eq!(drives[1], "id=packages,file=/c/layers/ab.erofs,format=raw,if=none,readonly=on");
+        assert!(args.iter().any(|a| a == "virtio-blk-device,drive=packages"));
     }
 
     #[test]

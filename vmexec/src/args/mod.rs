@@ -144,6 +144,18 @@ pub struct VmArgs {
     /// Guest root filesystem (default: $PID1_ROOTFS, else build/rootfs.erofs).
     #[arg(long)]
     pub rootfs: Option<PathBuf>,
+    /// A package for the guest's Python, as a pip requirement such as
+    /// `numpy==2.1.3` (repeatable): resolved and installed on the host into
+    /// a read-only layer, imported in its own template's zygote.
+    #[arg(short = 'p', long = "package", value_name = "SPEC")]
+    pub packages: Vec<String>,
+    /// With --package: use only the packages cache, never a registry.
+    #[arg(long)]
+    pub offline: bool,
+    /// With --package: do not import the set's modules in the template's
+    /// zygote (a job imports them itself).
+    #[arg(long)]
+    pub no_preload: bool,
 }
 
 impl VmArgs {

@@ -23,7 +23,12 @@ pub fn main(args: ReplArgs) -> ExitCode {
             ExitCode::from(failure.classify().0)
         });
     }
-    repl(args).unwrap_or_else(|failure| {
+    let mut config = VmConfig { cold: args.cold, ..args.vm.config() };
+    if let Err(e) = super::template::attach_packages(&args.vm, &mut config) {
+        eprintln!("vmexec: {}", vmhost::error::chain(&e));
+        return ExitCode::from(super::template::package_exit_code(&e));
+    }
+    repl(args, &config).unwrap_or_else(|failure| {
         eprintln!("vmexec: {}", failure.message());
         ExitCode::from(failure.classify().0)
     })
@@ -45,10 +50,9 @@ fn exit_status(last: i32) -> ExitCode {
 /// `vmexec repl`: each line read goes to the session as a console takes
 /// it; the output of each complete statement is printed once it ran. Exits
 /// with the last step's status.
-fn repl(args: ReplArgs) -> Result<ExitCode, Failure> {
+fn repl(args: ReplArgs, config: &VmConfig) -> Result<ExitCode, Failure> {
     let lang = args.lang.language().lang();
-    let config = VmConfig { cold: args.cold, ..args.vm.config() };
-    let mut vm = Vm::boot(&config)?;
+    let mut vm = Vm::boot(config)?;
     super::run::warn_fallback(&vm);
     let terminal = std::io::stdin().is_terminal();
     let prompts = prompts(lang);

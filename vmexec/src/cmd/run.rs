@@ -25,7 +25,11 @@ pub fn main(args: RunArgs) -> ExitCode {
             report(json, code, &kind, &failure.message())
         });
     }
-    match run(args) {
+    let mut config = VmConfig { cold: args.cold, ..args.vm.config() };
+    if let Err(e) = super::template::attach_packages(&args.vm, &mut config) {
+        return report(json, super::template::package_exit_code(&e), "Packages", &vmhost::error::chain(&e));
+    }
+    match run(args, &config) {
         Ok(code) => code,
         Err(failure) => {
             let (code, kind) = failure.classify();
@@ -78,7 +82,7 @@ pub fn warn_fallback(vm: &Vm) {
 /// Lines of the guest console shown when the guest stops answering.
 const CONSOLE_LINES: usize = 20;
 
-fn run(args: RunArgs) -> Result<ExitCode, Failure> {
+fn run(args: RunArgs, config: &VmConfig) -> Result<ExitCode, Failure> {
     let (code, language) = read_code(&args)?;
     let input = open_stdin(&args)?;
     // Read before any VM starts: a missing file fails fast.
@@ -92,9 +96,8 @@ fn run(args: RunArgs) -> Result<ExitCode, Failure> {
     job.fresh = args.fresh;
     job.memory_limit_mb = args.memory_limit;
 
-    let config = VmConfig { cold: args.cold, ..args.vm.config() };
     let started = Instant::now();
-    let mut vm = Vm::boot(&config)?;
+    let mut vm = Vm::boot(config)?;
     warn_fallback(&vm);
     let times = vm.times();
 
