@@ -59,6 +59,7 @@ fn garbage_between_a_jobs_frames_hurts_only_itself() {
         fresh: false,
         stdin: false,
         memory_limit_mb: 0,
+        user: None,
     }))
     .unwrap();
     let (first, rest) = code.split_at(10);
