@@ -60,6 +60,9 @@ use crate::sys::{self, Signal};
 /// its environment block until used.
 pub const MAX_JOBS: usize = 16;
 
+// `users::USERS` is twice the job slots: the two move together.
+const _: () = assert!(users::USERS == 2 * MAX_JOBS);
+
 /// What a `Code` chunk did.
 pub enum Loaded {
     /// The code is not complete yet.

@@ -16,7 +16,6 @@
 
 use rustix::mount::{MountFlags, UnmountFlags};
 
-use super::MAX_JOBS;
 use crate::boot;
 use crate::log::{Text, c_str_until_nul};
 use crate::pieces;
@@ -24,7 +23,7 @@ use crate::sys::Child;
 
 /// Users jobs run as: twice the job slots, so that a key's user is kept
 /// while at least as many others come and go.
-pub const USERS: usize = 2 * MAX_JOBS;
+pub const USERS: usize = 32;
 
 /// Where each user's mounts are, as `DIR<uid><path>`.
 pub const DIR: &str = "/usr/lib/pid1/users/";

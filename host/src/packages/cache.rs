@@ -14,7 +14,9 @@ use std::time::{Duration, Instant, SystemTime};
 
 use rustix::fs::FlockOperation;
 
-use super::{Layer, PackageError, ResolvedSet, Steps, remove};
+use super::error::PackageError;
+use super::layer::{Layer, Steps};
+use super::resolve::ResolvedSet;
 
 /// The line between a layer's set and its modules in its `.txt`.
 const SEPARATOR: &str = "--";
@@ -269,10 +271,15 @@ fn dir_bytes(dir: &Path) -> u64 {
     fs::read_dir(dir).into_iter().flatten().flatten().map(|e| disk_bytes(&e.path())).sum()
 }
 
+/// Removes a file, ignoring that it is gone.
+fn remove(path: &Path) {
+    let _ = fs::remove_file(path);
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::packages::Resolved;
+    use crate::packages::resolve::Resolved;
 
     fn set(name: &str) -> ResolvedSet {
         ResolvedSet(vec![Resolved { name: name.into(), version: "1.0".into(), sha256: "b".repeat(64) }])

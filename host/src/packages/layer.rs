@@ -9,8 +9,33 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use super::PackageError;
+use super::error::PackageError;
 use super::resolve::ResolvedSet;
+
+/// How long each step took, and which were served by the cache.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Steps {
+    /// The resolved set came from the cache (no registry asked to resolve).
+    pub set_cached: bool,
+    /// The layer came from the cache (nothing installed).
+    pub layer_cached: bool,
+    pub resolve_ms: f64,
+    pub install_ms: f64,
+    pub layer_ms: f64,
+}
+
+/// A set's layer, ready to attach.
+#[derive(Debug, Clone)]
+pub struct Layer {
+    /// The erofs image.
+    pub image: PathBuf,
+    /// Its address: the hash of the resolved set (and the preload choice).
+    pub address: String,
+    pub set: ResolvedSet,
+    /// What the template's zygote imports.
+    pub modules: Vec<String>,
+    pub steps: Steps,
+}
 
 /// Where the guest mounts a layer; the root filesystem's `.pth` names it.
 pub const MOUNT: &str = "/opt/pid1/packages";

@@ -17,16 +17,18 @@
 //! renamed into place, the set's record renamed into place after it.
 
 pub mod cache;
+pub mod error;
 pub mod layer;
 pub mod resolve;
 pub mod spec;
 
-use std::fs;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use sha2::{Digest, Sha256};
 
+pub use self::error::PackageError;
+pub use self::layer::{Layer, Steps};
 pub use self::resolve::{Resolved, ResolvedSet};
 pub use self::spec::{Requirement, Requirements};
 
@@ -42,58 +44,6 @@ pub const DEFAULT_CACHE_BOUND: u64 = 4 << 30;
 
 /// How long one caller waits for another making the same set.
 const BUILD_WAIT: Duration = Duration::from_secs(600);
-
-/// Why a set of packages cannot be had. Every variant names what to fix.
-#[derive(Debug, thiserror::Error)]
-pub enum PackageError {
-    #[error("`{spec}` is not a requirement: {why}")]
-    BadRequirement { spec: String, why: String },
-    #[error("{count} requirements in one set; at most {max}")]
-    TooMany { count: usize, max: usize },
-    #[error("conflicting pins: {name}=={first} and {name}=={second}")]
-    ConflictingPins { name: String, first: String, second: String },
-    #[error("the requirements conflict: {detail}")]
-    Conflict { detail: String },
-    #[error("no package `{name}` in the package index")]
-    UnknownPackage { name: String },
-    #[error("no version of `{requirement}` in the package index for the guest (it has: {})", .available.join(", "))]
-    NoSuchVersion { requirement: String, available: Vec<String> },
-    #[error(
-        "`{name}` has no binary wheel for the guest (CPython 3.11, manylinux x86_64, glibc 2.36){}; \
-         building it from source would need a compiler and run its code on the host, which is not done",
-        if .versions.is_empty() { String::new() } else { format!(": the index has only sources or other platforms' wheels of {}", .versions.join(", ")) }
-    )]
-    NoWheel { name: String, versions: Vec<String> },
-    #[error("the package index cannot be reached and this set is not in the cache ({detail})")]
-    Unreachable { detail: String },
-    #[error("offline, and the cache does not hold: {}", .missing.join(", "))]
-    Offline { missing: Vec<String> },
-    #[error("pip failed to {step}: {detail}")]
-    Pip { step: &'static str, detail: String },
-    #[error("{} has no pip; set PID1_PYTHON to a Python 3.11 that has one (e.g. a virtual environment's)", .python.display())]
-    NoPip { python: PathBuf },
-    #[error(
-        "{} is Python {version}, whose bytecode the guest's Python 3.11 cannot read; set PID1_PYTHON to a Python 3.11",
-        .python.display()
-    )]
-    HostPython { python: PathBuf, version: String },
-    #[error("cannot run {tool}")]
-    Tool {
-        tool: String,
-        #[source]
-        source: std::io::Error,
-    },
-    #[error("cannot {step}: {detail}")]
-    Layer { step: &'static str, detail: String },
-    #[error("cannot write {}", path.display())]
-    Io {
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
-    #[error("another process has been making this set for over {} s", .0.as_secs())]
-    Busy(Duration),
-}
 
 /// How sets are resolved and where they are kept.
 #[derive(Debug, Clone)]
@@ -125,31 +75,6 @@ impl PackageOptions {
             cache_bound: bound.map_or(DEFAULT_CACHE_BOUND, |mb| mb << 20),
         }
     }
-}
-
-/// How long each step took, and which were served by the cache.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct Steps {
-    /// The resolved set came from the cache (no registry asked to resolve).
-    pub set_cached: bool,
-    /// The layer came from the cache (nothing installed).
-    pub layer_cached: bool,
-    pub resolve_ms: f64,
-    pub install_ms: f64,
-    pub layer_ms: f64,
-}
-
-/// A set's layer, ready to attach.
-#[derive(Debug, Clone)]
-pub struct Layer {
-    /// The erofs image.
-    pub image: PathBuf,
-    /// Its address: the hash of the resolved set (and the preload choice).
-    pub address: String,
-    pub set: ResolvedSet,
-    /// What the template's zygote imports.
-    pub modules: Vec<String>,
-    pub steps: Steps,
 }
 
 /// The layer of `specs`: from the cache, or resolved, installed and made
@@ -244,9 +169,4 @@ fn ms(since: Instant) -> f64 {
 pub fn is_layer(path: &Path) -> bool {
     path.extension().is_some_and(|e| e == "erofs")
         && path.parent().is_some_and(|p| p.ends_with("packages/layers"))
-}
-
-/// Removes a file, ignoring that it is gone.
-fn remove(path: &Path) {
-    let _ = fs::remove_file(path);
 }

@@ -16,7 +16,7 @@ use std::process::{Command, Output, Stdio};
 
 use serde::Deserialize;
 
-use super::PackageError;
+use super::error::PackageError;
 use super::spec::{Requirements, normalise};
 
 /// The guest's platform as pip's tags: glibc 2.36 takes every manylinux

@@ -11,7 +11,7 @@
 use std::collections::BTreeMap;
 use std::fmt;
 
-use super::PackageError;
+use super::error::PackageError;
 
 /// The longest requirement string taken: names on PyPI stay far below it,
 /// and a request cannot make pip's command line grow without bound.
