@@ -153,7 +153,7 @@ fn work_dir() -> Result<tempfile::TempDir, PackageError> {
         .map_err(|source| PackageError::Io { path: std::env::temp_dir(), source })
 }
 
-/// The first [`ADDRESS_DIGITS`] hex digits of `text`'s SHA-256.
+/// The first 32 hex digits (128 bits) of `text`'s SHA-256.
 pub fn hash(text: &str) -> String {
     let digest = Sha256::digest(text.as_bytes());
     let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
