@@ -8,9 +8,9 @@
 //! `load` (its code arriving), `env` (its environment block), `spawn` (the
 //! forked child), `running` and `machine` (a started job, and when it is
 //! over), `warm` and `zygote` (the Python zygote's life, and its records),
-//! `early` (reaps before a zygote job's pid), `refused` (what the host is
-//! told when a request is turned down), `users` (which user a job runs
-//! as, and its home and /tmp).
+//! `early` (reaps before a zygote job's pid), `slot` (one slot's state),
+//! `refused` (what the host is told when a request is turned down),
+//! `users` (which user a job runs as, and its home and /tmp).
 
 // A refusal may carry text formatted into a fixed buffer (no allocator);
 // returning it by value is the price, paid only on the error path.
@@ -24,6 +24,7 @@ mod load;
 pub mod machine;
 mod refused;
 mod running;
+mod slot;
 mod spawn;
 mod stdin;
 pub mod users;
@@ -45,6 +46,7 @@ use self::load::Loading;
 use self::machine::{Machine, STREAMS, Sink, Step, Streams};
 pub use self::refused::{Refused, Why};
 use self::running::{Handoff, Running, arm};
+pub use self::slot::JobState;
 use self::spawn::Program;
 use self::stdin::{Feed, Window};
 use self::users::Users;
@@ -72,30 +74,6 @@ pub enum Loaded {
     /// The zygote was asked to fork the job; which process leads it comes
     /// in its reply.
     AskedZygote,
-}
-
-pub enum JobState {
-    Free,
-    Loading(Loading),
-    Running(Running),
-}
-
-impl JobState {
-    fn id(&self) -> Option<u32> {
-        match self {
-            JobState::Free => None,
-            JobState::Loading(l) => Some(l.id),
-            JobState::Running(r) => Some(r.id),
-        }
-    }
-
-    fn uid(&self) -> Option<u32> {
-        match self {
-            JobState::Free => None,
-            JobState::Loading(l) => Some(l.uid),
-            JobState::Running(r) => Some(r.uid),
-        }
-    }
 }
 
 /// The table's big memory: an environment block of 16 KiB per slot, a
