@@ -11,11 +11,12 @@ use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
 use vmhost::Stream;
 use vmhost::api::{self, Download, RunRequest, RunResult, Timings};
+use vmhost::packages::{Layer, PackageOptions};
 
 pub use crate::error::{DoorError, agent_error, file_error};
 use crate::metrics::{Metrics, Outcome};
 use crate::pool::{Pool, drop_vm, kill_qemu};
-use crate::sessions::Sessions;
+use crate::sessions::{OpenRequest, SessionInfo, Sessions};
 
 /// How long past a job's own timeout the service waits for a silent
 /// guest before it counts the VM as lost.
@@ -97,6 +98,7 @@ pub struct Door {
     pub sessions: Arc<Sessions>,
     pub metrics: Arc<Metrics>,
     pub vm: vmhost::VmConfig,
+    pub packages: PackageOptions,
     next_run: AtomicU32,
 }
 
@@ -106,13 +108,46 @@ impl Door {
         sessions: Arc<Sessions>,
         metrics: Arc<Metrics>,
         vm: vmhost::VmConfig,
+        packages: PackageOptions,
     ) -> Door {
-        Door { pool, sessions, metrics, vm, next_run: AtomicU32::new(1) }
+        Door { pool, sessions, metrics, vm, packages, next_run: AtomicU32::new(1) }
+    }
+
+    /// The layer of `specs` (none for no packages): from the cache, or
+    /// resolved, installed and made now, on a blocking thread.
+    pub async fn layer(&self, specs: &[String]) -> Result<Option<Layer>, DoorError> {
+        if specs.is_empty() {
+            return Ok(None);
+        }
+        let (specs, options) = (specs.to_vec(), self.packages.clone());
+        let made = tokio::task::spawn_blocking(move || vmhost::packages::prepare(&specs, &options)).await;
+        match made {
+            Ok(layer) => Ok(layer?),
+            Err(e) => Err(DoorError::Failed(format!("the packages' thread failed: {e}"))),
+        }
+    }
+
+    /// A session in a VM of its own, with the packages it names.
+    pub async fn open_session(&self, request: OpenRequest) -> Result<SessionInfo, DoorError> {
+        api::check_packages(&request.packages)?;
+        let layer = self.layer(&request.packages).await?;
+        self.sessions.open(&self.pool, request, layer.as_ref()).await
     }
 
     /// One run in a fresh VM. Output goes to `sink` as it arrives when one
     /// is given; the whole of it is in the result either way.
     pub async fn run(&self, request: RunRequest, sink: Option<ChunkSink>) -> Result<RunResult, DoorError> {
+        self.run_with(request, None, sink).await
+    }
+
+    /// [`Door::run`] with its packages' layer, if the caller made it
+    /// already (else it is made here).
+    pub async fn run_with(
+        &self,
+        request: RunRequest,
+        layer: Option<Layer>,
+        sink: Option<ChunkSink>,
+    ) -> Result<RunResult, DoorError> {
         let mut report = Report {
             metrics: &self.metrics,
             run: self.next_run.fetch_add(1, Ordering::Relaxed),
@@ -120,7 +155,7 @@ impl Door {
             began: Instant::now(),
             outcome: None,
         };
-        let result = self.run_inner(request, sink, report.began).await;
+        let result = self.run_inner(request, layer, sink, report.began).await;
         report.outcome = Some(match &result {
             Ok(r) if r.timed_out => (Outcome::TimedOut, format!("exit {}", r.exit_code)),
             Ok(r) => (Outcome::Exited, format!("exit {}", r.exit_code)),
@@ -132,15 +167,22 @@ impl Door {
     async fn run_inner(
         &self,
         request: RunRequest,
+        layer: Option<Layer>,
         sink: Option<ChunkSink>,
         began: Instant,
     ) -> Result<RunResult, DoorError> {
         // Every refusal of the input comes before any VM is touched.
         let (mut job, uploads) = request.check()?;
+        // The packages come before the VM, whose disks they are.
+        let layer = match layer {
+            Some(layer) => Some(layer),
+            None => self.layer(&request.packages).await?,
+        };
+        let packages = layer.as_ref().map(|l| l.set.pins()).unwrap_or_default();
         // Counted from before the hand-out: taking a VM wakes the refill,
         // which must already see this run's job coming.
         let running = self.pool.running();
-        let mut lease = self.pool.take().await?;
+        let mut lease = self.pool.take(layer.as_ref()).await?;
         // The uploads, the job and its downloads share one guest user, one
         // no warm-up job had: the files go in as the job's, come out as its.
         job.user = Some(lease.vm.agent().new_user());
@@ -191,6 +233,7 @@ impl Door {
                 };
                 let mut result = RunResult::new(&outcome, start, vm.accel().name(), timings);
                 result.files = files;
+                result.packages = packages;
                 Ok((result, exec_ms))
             })();
             drop_vm(lease.vm, &metrics);

@@ -2,6 +2,7 @@
 //! one HTTP status by the API; and how the host library's errors map to it.
 
 use vmhost::api::FieldError;
+use vmhost::packages::PackageError;
 use vmhost::{AgentError, FileError};
 
 use crate::metrics::Outcome;
@@ -20,6 +21,12 @@ pub enum DoorError {
     SessionEnded(String),
     #[error("{path}: {message}")]
     File { path: String, message: String },
+    /// The packages asked for cannot be had from the index as named.
+    #[error("{0}")]
+    Packages(String),
+    /// The index cannot be reached and the set is not in the cache.
+    #[error("{0}")]
+    PackagesUnavailable(String),
     #[error(transparent)]
     Busy(PoolError),
     #[error("the service is shutting down")]
@@ -41,6 +48,8 @@ impl DoorError {
             DoorError::NoSession(_) => "no_session",
             DoorError::SessionEnded(_) => "session_ended",
             DoorError::File { .. } => "file",
+            DoorError::Packages(_) => "packages",
+            DoorError::PackagesUnavailable(_) => "packages_unavailable",
             DoorError::Busy(_) => "busy",
             DoorError::ShuttingDown => "shutting_down",
             DoorError::VmLost(_) => "vm_lost",
@@ -52,6 +61,8 @@ impl DoorError {
     pub fn outcome(&self) -> Outcome {
         match self {
             DoorError::BadRequest(_) | DoorError::Refused(_) | DoorError::File { .. } => Outcome::Refused,
+            DoorError::Packages(_) => Outcome::Refused,
+            DoorError::PackagesUnavailable(_) => Outcome::Failed,
             DoorError::NoSession(_) | DoorError::SessionEnded(_) => Outcome::Refused,
             DoorError::Busy(_) | DoorError::ShuttingDown => Outcome::Rejected,
             DoorError::VmLost(_) => Outcome::VmLost,
@@ -67,6 +78,35 @@ impl From<PoolError> for DoorError {
             PoolError::ShuttingDown => DoorError::ShuttingDown,
             PoolError::Start(why) => DoorError::Failed(why),
             busy => DoorError::Busy(busy),
+        }
+    }
+}
+
+impl From<PackageError> for DoorError {
+    fn from(e: PackageError) -> Self {
+        let message = vmhost::error::chain(&e);
+        match e {
+            PackageError::BadRequirement { .. }
+            | PackageError::TooMany { .. }
+            | PackageError::ConflictingPins { .. } => {
+                DoorError::BadRequest(FieldError { field: "packages".into(), reason: message })
+            }
+            // An offline service's cache is all it has: a set not in it
+            // is as unavailable there as an unknown package.
+            PackageError::Conflict { .. }
+            | PackageError::UnknownPackage { .. }
+            | PackageError::NoSuchVersion { .. }
+            | PackageError::NoWheel { .. }
+            | PackageError::Offline { .. } => DoorError::Packages(message),
+            PackageError::Unreachable { .. } => DoorError::PackagesUnavailable(message),
+            // The host's own tools or disk: nothing the caller can change.
+            PackageError::Pip { .. }
+            | PackageError::NoPip { .. }
+            | PackageError::HostPython { .. }
+            | PackageError::Tool { .. }
+            | PackageError::Layer { .. }
+            | PackageError::Io { .. }
+            | PackageError::Busy(_) => DoorError::Failed(message),
         }
     }
 }

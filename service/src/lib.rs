@@ -71,8 +71,13 @@ pub async fn serve(options: Options) -> Result<(), ServeError> {
         Arc::clone(&metrics),
     );
     let sessions = Sessions::new(options.session_idle, Arc::clone(&metrics));
-    let door =
-        Arc::new(Door::new(Arc::clone(&pool), Arc::new(sessions), Arc::clone(&metrics), options.vm.clone()));
+    let door = Arc::new(Door::new(
+        Arc::clone(&pool),
+        Arc::new(sessions),
+        Arc::clone(&metrics),
+        options.vm.clone(),
+        options.packages.clone(),
+    ));
     let app = http::App {
         door: Arc::clone(&door),
         token: options.token.as_deref().map(Arc::from),
@@ -80,6 +85,8 @@ pub async fn serve(options: Options) -> Result<(), ServeError> {
     };
     let router = http::router(app);
     let refill = tokio::spawn(Arc::clone(&pool).refill());
+    let kept = (!options.pool_packages.is_empty())
+        .then(|| tokio::spawn(keep_packages(Arc::clone(&door), options.pool_packages.clone())));
     let reaper = tokio::spawn(Arc::clone(&door.sessions).reap_idle());
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let shutdown = {
@@ -118,6 +125,9 @@ pub async fn serve(options: Options) -> Result<(), ServeError> {
     }
     refill.abort();
     reaper.abort();
+    if let Some(kept) = kept {
+        kept.abort();
+    }
     door.sessions.close_all();
     // Whatever still runs (a run past the grace, a VM being warmed) is
     // registered with vmhost's cleanup: every QEMU killed, every VM
@@ -132,6 +142,26 @@ pub async fn serve(options: Options) -> Result<(), ServeError> {
         _ => Ok(()),
     }
 }
+
+/// `--pool-packages`: the set's layer, made in the background (its first
+/// use resolves and installs, which may take minutes), then kept warm by
+/// the pool beside the default VMs.
+async fn keep_packages(door: Arc<Door>, specs: Vec<String>) {
+    let started = Instant::now();
+    match door.layer(&specs).await {
+        Ok(Some(layer)) => {
+            tracing::info!(packages = %layer.set, ms = ms(started), "pool: keeping this package set warm");
+            door.pool.keep(&layer, KEPT_PACKAGE_VMS);
+        }
+        Ok(None) => {}
+        Err(e) => {
+            tracing::error!(error = %e, "pool: the --pool-packages set cannot be had; runs naming it will fail the same way")
+        }
+    }
+}
+
+/// Warm VMs kept of the `--pool-packages` set.
+const KEPT_PACKAGE_VMS: usize = 1;
 
 fn ms(since: Instant) -> f64 {
     vmhost::api::round_ms(since.elapsed().as_secs_f64() * 1000.0)

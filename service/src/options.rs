@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use vmhost::VmConfig;
+use vmhost::packages::PackageOptions;
 
 /// Where the service listens.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -78,6 +79,11 @@ pub struct Options {
     pub grace: Duration,
     pub session_idle: Duration,
     pub vm: VmConfig,
+    /// How runs' packages are resolved and kept.
+    pub packages: PackageOptions,
+    /// A set of packages the pool keeps warm VMs of, beside the default
+    /// (no packages).
+    pub pool_packages: Vec<String>,
 }
 
 impl Options {
@@ -91,7 +97,9 @@ impl Options {
             queue_timeout: DEFAULT_QUEUE_TIMEOUT,
             grace: DEFAULT_GRACE,
             session_idle: DEFAULT_SESSION_IDLE,
+            packages: PackageOptions::new(&VmConfig::default().cache_dir),
             vm: VmConfig::default(),
+            pool_packages: Vec::new(),
         }
     }
 }

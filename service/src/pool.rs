@@ -4,6 +4,10 @@
 //! takes one and it is destroyed after. Every VM holds a [`Slot`] of the
 //! service's capacity for its life; a run that finds no warm VM restores one
 //! on demand if a slot is free, else waits, bounded, in the queue.
+//!
+//! VMs are kept warm per [`Kept`] set: the default (no packages) and any
+//! package set the service was told to keep (`--pool-packages`). A run
+//! naming another set gets a VM with that set's layer restored on demand.
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -12,6 +16,7 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
 use vmhost::api::StartKind;
+use vmhost::packages::Layer;
 use vmhost::{Job, Start, Vm, VmConfig};
 
 use crate::metrics::Metrics;
@@ -93,17 +98,41 @@ pub struct PoolState {
     pub queue_limit: usize,
 }
 
-pub struct Pool {
+/// VMs of one configuration kept warm: the default, or a package set's.
+pub struct Kept {
     config: VmConfig,
+    /// The package layer's address; `None` for VMs without packages.
+    address: Option<String>,
     target: usize,
+    ready: Mutex<VecDeque<Lease>>,
+    warming: AtomicUsize,
+}
+
+impl Kept {
+    fn new(config: VmConfig, address: Option<String>, target: usize) -> Arc<Kept> {
+        Arc::new(Kept { config, address, target, ready: Mutex::default(), warming: AtomicUsize::new(0) })
+    }
+
+    fn ready(&self) -> usize {
+        self.ready.lock().map(|r| r.len()).unwrap_or(0)
+    }
+
+    fn warming(&self) -> usize {
+        self.warming.load(Ordering::Relaxed)
+    }
+}
+
+pub struct Pool {
+    /// The default configuration: VMs without packages.
+    config: VmConfig,
     capacity: usize,
     queue_limit: usize,
     queue_timeout: Duration,
-    ready: Mutex<VecDeque<Lease>>,
+    /// The default set first, then any package set kept warm.
+    kept: std::sync::RwLock<Vec<Arc<Kept>>>,
     slots: Arc<Semaphore>,
     /// A slot was freed or a VM became ready.
     changed: Arc<Notify>,
-    warming: AtomicUsize,
     waiting: AtomicUsize,
     /// Runs executing their job now (see [`Pool::running`]).
     running: AtomicUsize,
@@ -121,16 +150,15 @@ impl Pool {
         metrics: Arc<Metrics>,
     ) -> Arc<Pool> {
         let capacity = capacity.max(1);
+        let default = Kept::new(config.clone(), None, target.min(capacity));
         Arc::new(Pool {
             config,
-            target: target.min(capacity),
             capacity,
             queue_limit,
             queue_timeout,
-            ready: Mutex::new(VecDeque::new()),
+            kept: std::sync::RwLock::new(vec![default]),
             slots: Arc::new(Semaphore::new(capacity)),
             changed: Arc::new(Notify::new()),
-            warming: AtomicUsize::new(0),
             waiting: AtomicUsize::new(0),
             running: AtomicUsize::new(0),
             closing: AtomicBool::new(false),
@@ -138,16 +166,39 @@ impl Pool {
         })
     }
 
+    /// Keeps `target` warm VMs with `layer` attached too, within the
+    /// capacity left by the sets kept already.
+    pub fn keep(&self, layer: &Layer, target: usize) {
+        let config = VmConfig { packages: Some(layer.image.clone()), ..self.config.clone() };
+        if let Ok(mut kept) = self.kept.write() {
+            let taken: usize = kept.iter().map(|k| k.target).sum();
+            let target = target.min(self.capacity.saturating_sub(taken));
+            kept.push(Kept::new(config, Some(layer.address.clone()), target));
+        }
+        self.changed.notify_waiters();
+    }
+
+    fn kept(&self) -> Vec<Arc<Kept>> {
+        self.kept.read().map(|k| k.clone()).unwrap_or_default()
+    }
+
+    /// The kept set of `layer`'s VMs (the default's for none), if kept.
+    fn kept_for(&self, layer: Option<&Layer>) -> Option<Arc<Kept>> {
+        let address = layer.map(|l| l.address.as_str());
+        self.kept().into_iter().find(|k| k.address.as_deref() == address)
+    }
+
     pub fn state(&self) -> PoolState {
-        let ready = self.ready.lock().map(|r| r.len()).unwrap_or(0);
-        let warming = self.warming.load(Ordering::Relaxed);
+        let kept = self.kept();
+        let ready = kept.iter().map(|k| k.ready()).sum::<usize>();
+        let warming = kept.iter().map(|k| k.warming()).sum::<usize>();
         let held = self.capacity - self.slots.available_permits();
         PoolState {
             ready,
             warming,
             in_use: held.saturating_sub(ready + warming),
             capacity: self.capacity,
-            target: self.target,
+            target: kept.iter().map(|k| k.target).sum(),
             waiting: self.waiting.load(Ordering::Relaxed),
             queue_limit: self.queue_limit,
         }
@@ -170,30 +221,32 @@ impl Pool {
             // While warm VMs are left and a job runs, a restore and its
             // warm-up would take the CPU from that job (a warm run went
             // from 32 to 48 ms under TCG on 2 cores beside one): the refill
-            // waits for the run, unless the pool is empty.
+            // waits for the run, unless the set has none ready.
             let running = self.running.load(Ordering::Relaxed);
-            let short = state.ready + state.warming < self.target
-                && state.waiting == 0
-                && (running == 0 || state.ready == 0);
-            let slot = if short { self.slot() } else { None };
-            let Some(slot) = slot else {
+            let short = self.kept().into_iter().find(|k| {
+                let ready = k.ready();
+                ready + k.warming() < k.target && state.waiting == 0 && (running == 0 || ready == 0)
+            });
+            let slot = short.and_then(|kept| Some((kept, self.slot()?)));
+            let Some((kept, slot)) = slot else {
                 let changed = self.changed.notified();
                 let _ = tokio::time::timeout(Duration::from_millis(500), changed).await;
                 continue;
             };
-            self.warming.fetch_add(1, Ordering::Relaxed);
-            self.metrics.pool_warming.set(self.warming.load(Ordering::Relaxed) as i64);
+            kept.warming.fetch_add(1, Ordering::Relaxed);
+            self.metrics.pool_warming.set(self.state().warming as i64);
             let pool = Arc::clone(&self);
-            let made = tokio::task::spawn_blocking(move || pool.start_vm(true)).await;
-            self.warming.fetch_sub(1, Ordering::Relaxed);
-            self.metrics.pool_warming.set(self.warming.load(Ordering::Relaxed) as i64);
+            let config = kept.config.clone();
+            let made = tokio::task::spawn_blocking(move || pool.start_vm(&config, true)).await;
+            kept.warming.fetch_sub(1, Ordering::Relaxed);
+            self.metrics.pool_warming.set(self.state().warming as i64);
             match made {
                 Ok(Ok((vm, start))) => {
                     if self.closing.load(Ordering::Relaxed) {
                         drop_vm(vm, &self.metrics);
                         return;
                     }
-                    self.push(Lease { vm, slot, start });
+                    self.push(&kept, Lease { vm, slot, start });
                 }
                 Ok(Err(e)) => {
                     tracing::warn!(error = %e, "pool: cannot start a VM; retrying");
@@ -205,25 +258,30 @@ impl Pool {
         }
     }
 
-    fn push(&self, lease: Lease) {
-        if let Ok(mut ready) = self.ready.lock() {
+    fn push(&self, kept: &Kept, lease: Lease) {
+        if let Ok(mut ready) = kept.ready.lock() {
             ready.push_back(lease);
-            self.metrics.pool_ready.set(ready.len() as i64);
         }
+        self.metrics.pool_ready.set(self.state().ready as i64);
         self.changed.notify_waiters();
     }
 
-    fn pop(&self) -> Option<Lease> {
-        let mut ready = self.ready.lock().ok()?;
-        let lease = ready.pop_front();
-        self.metrics.pool_ready.set(ready.len() as i64);
+    fn pop(&self, kept: &Kept) -> Option<Lease> {
+        let lease = kept.ready.lock().ok()?.pop_front();
+        self.metrics.pool_ready.set(self.state().ready as i64);
         lease
     }
 
-    /// A checked VM for one run or session: a warm one from the pool, else
-    /// one restored now if a slot is free, else the first to free up
-    /// within the queue's deadline.
-    pub async fn take(self: &Arc<Pool>) -> Result<Lease, PoolError> {
+    /// A checked VM for one run or session, with `layer` attached if one
+    /// is given: a warm one from the pool, else one restored now if a slot
+    /// is free, else the first to free up within the queue's deadline.
+    pub async fn take(self: &Arc<Pool>, layer: Option<&Layer>) -> Result<Lease, PoolError> {
+        let kept = self.kept_for(layer);
+        let config = match (&kept, layer) {
+            (Some(kept), _) => kept.config.clone(),
+            (None, Some(layer)) => VmConfig { packages: Some(layer.image.clone()), ..self.config.clone() },
+            (None, None) => self.config.clone(),
+        };
         let deadline = Instant::now() + self.queue_timeout;
         let mut queued = false;
         let result = loop {
@@ -234,7 +292,7 @@ impl Pool {
             let changed = self.changed.notified();
             tokio::pin!(changed);
             changed.as_mut().enable();
-            if let Some(lease) = self.pop() {
+            if let Some(lease) = kept.as_deref().and_then(|k| self.pop(k)) {
                 match self.check(lease).await {
                     Some(lease) => break Ok(lease),
                     None => continue,
@@ -242,7 +300,8 @@ impl Pool {
             }
             if let Some(slot) = self.slot() {
                 let pool = Arc::clone(self);
-                let made = tokio::task::spawn_blocking(move || pool.start_vm(false)).await;
+                let config = config.clone();
+                let made = tokio::task::spawn_blocking(move || pool.start_vm(&config, false)).await;
                 break match made {
                     Ok(Ok((vm, start))) => Ok(Lease { vm, slot, start }),
                     Ok(Err(e)) => Err(e),
@@ -293,14 +352,14 @@ impl Pool {
     }
 
     /// Restores (or boots) a VM and, for the pool, warms it up.
-    fn start_vm(&self, warm: bool) -> Result<(Vm, StartKind), PoolError> {
-        let needed_mb = u64::from(self.config.memory_mb) + QEMU_OVERHEAD_MB;
+    fn start_vm(&self, config: &VmConfig, warm: bool) -> Result<(Vm, StartKind), PoolError> {
+        let needed_mb = u64::from(config.memory_mb) + QEMU_OVERHEAD_MB;
         if let Some(available_mb) = available_memory_mb()
             && available_mb < needed_mb
         {
             return Err(PoolError::Memory { available_mb, needed_mb });
         }
-        let mut vm = Vm::boot(&self.config).map_err(|e| {
+        let mut vm = Vm::boot(config).map_err(|e| {
             self.metrics.restore_failures.inc();
             PoolError::Start(vmhost::error::chain(&e))
         })?;
@@ -336,8 +395,10 @@ impl Pool {
     pub fn close(&self) {
         self.closing.store(true, Ordering::Relaxed);
         self.changed.notify_waiters();
-        while let Some(lease) = self.pop() {
-            drop_vm(lease.vm, &self.metrics);
+        for kept in self.kept() {
+            while let Some(lease) = self.pop(&kept) {
+                drop_vm(lease.vm, &self.metrics);
+            }
         }
     }
 }

@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 use vmhost::api::{self, FieldError, Language, RunResult, StartKind, Timings};
+use vmhost::packages::Layer;
 use vmhost::{FileEntry, Session, SessionError};
 
 use crate::error::{DoorError, agent_error, file_error};
@@ -34,6 +35,9 @@ pub struct OpenRequest {
     /// Seconds; the service's default (300) when not given.
     #[serde(default)]
     pub idle_timeout: Option<f64>,
+    /// Pip requirements every step can import, as a run's `packages`.
+    #[serde(default)]
+    pub packages: Vec<String>,
 }
 
 /// `POST /v1/sessions/{id}/exec`.
@@ -53,11 +57,16 @@ pub struct SessionInfo {
     pub language: Language,
     pub idle_timeout: f64,
     pub steps: u32,
+    /// The packages' resolved set, `name==version` by name.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub packages: Vec<String>,
 }
 
 struct Held {
     lease: Lease,
     session: Session,
+    /// The packages' resolved set, which every step's result reports.
+    packages: Vec<String>,
 }
 
 struct Entry {
@@ -115,7 +124,12 @@ impl Sessions {
     }
 
     /// Opens a session in a VM from `pool`.
-    pub async fn open(&self, pool: &Arc<Pool>, request: OpenRequest) -> Result<SessionInfo, DoorError> {
+    pub async fn open(
+        &self,
+        pool: &Arc<Pool>,
+        request: OpenRequest,
+        layer: Option<&Layer>,
+    ) -> Result<SessionInfo, DoorError> {
         let idle = match request.idle_timeout {
             None => self.default_idle,
             Some(secs) if secs.is_finite() && secs >= 1.0 && secs <= MAX_IDLE.as_secs_f64() => {
@@ -135,14 +149,15 @@ impl Sessions {
             );
         }
         let id = session_id()?;
-        let lease = pool.take().await?;
+        let packages = layer.map(|l| l.set.pins()).unwrap_or_default();
+        let lease = pool.take(layer).await?;
         let language = request.language;
         let memory = request.memory_limit_mb;
         let metrics = Arc::clone(&self.metrics);
         let held = tokio::task::spawn_blocking(move || {
             let mut lease = lease;
             match Session::start(&lease.vm.shared(), language.lang(), memory) {
-                Ok(session) => Ok(Held { lease, session }),
+                Ok(session) => Ok(Held { lease, session, packages }),
                 Err(e) => {
                     drop_vm(lease.vm, &metrics);
                     Err(session_error(e))
@@ -151,6 +166,7 @@ impl Sessions {
         })
         .await
         .map_err(|e| DoorError::Failed(e.to_string()))??;
+        let packages = held.packages.clone();
         let entry = Arc::new(Entry {
             id: id.clone(),
             language,
@@ -164,13 +180,13 @@ impl Sessions {
             self.metrics.sessions.set(table.len() as i64);
         }
         tracing::info!(session = %id, language = language.name(), "session opened");
-        Ok(SessionInfo { id, language, idle_timeout: idle.as_secs_f64(), steps: 0 })
+        Ok(SessionInfo { id, language, idle_timeout: idle.as_secs_f64(), steps: 0, packages })
     }
 
     pub async fn info(&self, id: &str) -> Result<SessionInfo, DoorError> {
         let entry = self.get(id)?;
         let held = entry.held.lock().await;
-        let Some(steps) = held.as_ref().map(|h| h.session.steps()) else {
+        let Some((steps, packages)) = held.as_ref().map(|h| (h.session.steps(), h.packages.clone())) else {
             return Err(DoorError::NoSession(id.to_owned()));
         };
         Ok(SessionInfo {
@@ -178,6 +194,7 @@ impl Sessions {
             language: entry.language,
             idle_timeout: entry.idle.as_secs_f64(),
             steps,
+            packages,
         })
     }
 
@@ -246,7 +263,9 @@ impl Sessions {
                     cpu_time: Duration::ZERO,
                 };
                 let timings = Timings { exec_ms, total_ms: exec_ms, ..Timings::default() };
-                Ok(RunResult::new(&outcome, StartKind::Pooled, held.lease.vm.accel().name(), timings))
+                let result =
+                    RunResult::new(&outcome, StartKind::Pooled, held.lease.vm.accel().name(), timings);
+                Ok(RunResult { packages: held.packages.clone(), ..result })
             })
             .await;
         let outcome = match &result {
@@ -323,7 +342,7 @@ impl Sessions {
             let metrics = Arc::clone(&self.metrics);
             // The session's own end waits on its driver: not on this thread.
             tokio::task::spawn_blocking(move || {
-                let Held { lease, session } = held;
+                let Held { lease, session, .. } = held;
                 // The VM goes first: the session's end then sees it gone
                 // instead of waiting for its driver.
                 drop_vm(lease.vm, &metrics);

@@ -132,6 +132,10 @@ pub struct RunRequest {
     /// Bytes of stdout (and of stderr) kept; default 1 MiB.
     #[serde(default)]
     pub output_limit: Option<u32>,
+    /// Pip requirements (`numpy==2.1.3`, `six`) the job imports, from a
+    /// read-only layer the host makes (`crate::packages`).
+    #[serde(default)]
+    pub packages: Vec<String>,
 }
 
 /// Bad input, naming the field and why.
@@ -189,6 +193,7 @@ impl RunRequest {
         for (i, path) in self.download.iter().enumerate() {
             check_guest_path(&format!("download[{i}]"), path)?;
         }
+        check_packages(&self.packages)?;
         Ok((job, uploads))
     }
 }
@@ -256,6 +261,13 @@ pub fn check_guest_path(name: &str, path: &str) -> Result<(), FieldError> {
     Ok(())
 }
 
+/// Requirements a run or session may name: each a requirement string,
+/// no two pins of one package apart, within the set's bounds. Whether the
+/// index has them is known only once they are resolved.
+pub fn check_packages(specs: &[String]) -> Result<(), FieldError> {
+    crate::packages::Requirements::parse(specs).map(drop).map_err(|e| field("packages", e.to_string()))
+}
+
 /// How a VM came to run a result's job.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -292,6 +304,10 @@ pub struct RunResult {
     pub accel: String,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub files: Vec<Download>,
+    /// The packages' resolved set, `name==version` by name: what the job
+    /// could import.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub packages: Vec<String>,
 }
 
 /// Milliseconds to one decimal: more is noise.
@@ -345,6 +361,7 @@ impl RunResult {
             init_ms: round_ms(t.init_ms),
             accel: accel.to_owned(),
             files: Vec::new(),
+            packages: Vec::new(),
         }
     }
 }

@@ -58,7 +58,7 @@ fn every_field_is_read_from_the_json() {
     let parsed = parse(
         r#"{"code": "echo hi", "language": "sh", "timeout": 2.5, "env": {"A": "1"}, "stdin": "in",
             "files": [{"path": "a.txt", "content": "aGk=", "mode": 493}], "download": ["out.txt"],
-            "memory_limit_mb": 128, "output_limit": 4096}"#,
+            "memory_limit_mb": 128, "output_limit": 4096, "packages": ["six==1.17.0"]}"#,
     );
     let expected = RunRequest {
         code: "echo hi".into(),
@@ -70,6 +70,7 @@ fn every_field_is_read_from_the_json() {
         download: vec!["out.txt".into()],
         memory_limit_mb: Some(128),
         output_limit: Some(4096),
+        packages: vec!["six==1.17.0".into()],
     };
     assert_eq!(parsed, expected);
 }
@@ -525,6 +526,28 @@ fn base64_and_files_are_sent_when_present() {
 }
 
 #[test]
+fn requirements_pass_and_anything_else_is_refused_as_packages() {
+    let with = |specs: &[&str]| RunRequest {
+        packages: specs.iter().map(|s| (*s).to_owned()).collect(),
+        ..request("print(1)")
+    };
+    assert!(with(&["numpy==2.1.3", "six", "httpx[http2]>=0.27"]).check().is_ok());
+    for bad in [&["--index-url=http://x"][..], &["./local"], &["six==1", "six==2"], &[""]] {
+        let err = with(bad).check().unwrap_err();
+        assert_eq!(err.field, "packages", "{bad:?}: {err}");
+    }
+    assert!(with(&["six==1", "six==2"]).check().unwrap_err().reason.contains("conflicting"));
+}
+
+#[test]
+fn a_resolved_set_is_sent_only_when_there_is_one() {
+    let mut r = result(&outcome(Exit::Code(0), false));
+    assert!(serde_json::to_value(&r).unwrap().get("packages").is_none());
+    r.packages = vec!["six==1.17.0".into()];
+    assert_eq!(serde_json::to_value(&r).unwrap()["packages"], serde_json::json!(["six==1.17.0"]));
+}
+
+#[test]
 fn start_kinds_are_written_in_lowercase() {
     for (kind, name) in
         [(StartKind::Cold, "cold"), (StartKind::Restored, "restored"), (StartKind::Pooled, "pooled")]
@@ -543,6 +566,7 @@ fn a_result_round_trips_through_json() {
         Timings { boot_ms: 1.5, exec_ms: 2.5, total_ms: 4.0, kernel_ms: 0.5, init_ms: 0.1 },
     );
     full.files.push(Download { path: "a".into(), content: base64(b"\x00\x01") });
+    full.packages.push("numpy==2.1.3".into());
     for r in [plain, full] {
         let back: RunResult = serde_json::from_str(&serde_json::to_string(&r).unwrap()).unwrap();
         assert_eq!(back, r);

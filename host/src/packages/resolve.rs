@@ -63,6 +63,11 @@ impl ResolvedSet {
         self.0.iter().map(|r| format!("{}=={} sha256={}\n", r.name, r.version, r.sha256)).collect()
     }
 
+    /// `name==version` of each distribution: what a result reports.
+    pub fn pins(&self) -> Vec<String> {
+        self.0.iter().map(|r| format!("{}=={}", r.name, r.version)).collect()
+    }
+
     /// Reads [`ResolvedSet::text`] back; `None` if it is not that.
     pub fn from_text(text: &str) -> Option<ResolvedSet> {
         let mut set = Vec::new();

@@ -45,7 +45,8 @@ impl ApiError {
     pub fn status(error: &DoorError) -> StatusCode {
         match error {
             DoorError::BadRequest(_) | DoorError::Refused(_) => StatusCode::BAD_REQUEST,
-            DoorError::File { .. } => StatusCode::UNPROCESSABLE_ENTITY,
+            DoorError::File { .. } | DoorError::Packages(_) => StatusCode::UNPROCESSABLE_ENTITY,
+            DoorError::PackagesUnavailable(_) => StatusCode::BAD_GATEWAY,
             DoorError::NoSession(_) => StatusCode::NOT_FOUND,
             DoorError::SessionEnded(_) => StatusCode::GONE,
             DoorError::Busy(_) | DoorError::ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
@@ -71,6 +72,7 @@ impl From<DoorError> for ApiError {
         let field = match &error {
             DoorError::BadRequest(e) => Some(e.field.clone()),
             DoorError::File { path, .. } => Some(path.clone()),
+            DoorError::Packages(_) | DoorError::PackagesUnavailable(_) => Some("packages".to_owned()),
             _ => None,
         };
         ApiError { status: ApiError::status(&error), kind: error.kind(), message: error.to_string(), field }

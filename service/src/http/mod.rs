@@ -116,7 +116,8 @@ async fn run(State(app): State<App>, headers: HeaderMap, body: Bytes) -> Result<
     if wants_stream(&headers) {
         // Bad input is a 400 whether or not the answer would stream.
         request.check().map_err(crate::error::DoorError::from).map_err(ApiError::from)?;
-        return Ok(stream::run(app.door, request));
+        let layer = app.door.layer(&request.packages).await?;
+        return Ok(stream::run(app.door, request, layer));
     }
     let result = app.door.run(request, None).await?;
     Ok(axum::Json(result).into_response())
@@ -124,7 +125,7 @@ async fn run(State(app): State<App>, headers: HeaderMap, body: Bytes) -> Result<
 
 async fn open_session(State(app): State<App>, body: Bytes) -> Result<Response, ApiError> {
     let request: OpenRequest = if body.is_empty() { OpenRequest::default() } else { parse(&body)? };
-    let info = app.door.sessions.open(&app.door.pool, request).await?;
+    let info = app.door.open_session(request).await?;
     Ok((StatusCode::CREATED, axum::Json(info)).into_response())
 }
 

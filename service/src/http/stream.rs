@@ -20,6 +20,7 @@ use axum::response::{IntoResponse, Response};
 use tokio::sync::mpsc;
 use vmhost::Stream;
 use vmhost::api::{self, RunRequest, RunResult};
+use vmhost::packages::Layer;
 
 use super::error::ApiError;
 use crate::door::{Chunk, Door};
@@ -52,12 +53,14 @@ fn response(body: Body) -> Response {
     ([(header::CONTENT_TYPE, NDJSON)], body).into_response()
 }
 
-/// A run whose output streams to the response as it arrives.
-pub fn run(door: Arc<Door>, request: RunRequest) -> Response {
+/// A run whose output streams to the response as it arrives; `layer` is
+/// its packages', made before the answer began (so that a set that
+/// cannot be had is a status, not a line).
+pub fn run(door: Arc<Door>, request: RunRequest, layer: Option<Layer>) -> Response {
     let (chunks, mut chunks_rx) = mpsc::channel::<Chunk>(IN_FLIGHT);
     let (lines, lines_rx) = mpsc::channel::<Bytes>(IN_FLIGHT);
     tokio::spawn(async move {
-        let run = door.run(request, Some(chunks));
+        let run = door.run_with(request, layer, Some(chunks));
         tokio::pin!(run);
         let mut output_open = true;
         let last = loop {

@@ -39,6 +39,32 @@ pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// timeout for 30 s more, and moves uploads and downloads besides.
 pub const ANSWER_MARGIN: Duration = Duration::from_secs(90);
 
+/// What a run or session naming packages may take on top: the first use
+/// of a set resolves, installs and makes its layer and template (tens of
+/// seconds; minutes for big wheels on a slow index).
+pub const PACKAGES_MARGIN: Duration = Duration::from_secs(600);
+
+/// `--offline` and `--no-preload` are the local cache's settings: a run
+/// sent to a service is refused with them rather than run without them.
+pub fn local_only(offline: bool, no_preload: bool) -> Result<(), RemoteError> {
+    match (offline, no_preload) {
+        (true, _) => Err(RemoteError::LocalOnly("--offline")),
+        (_, true) => Err(RemoteError::LocalOnly("--no-preload")),
+        _ => Ok(()),
+    }
+}
+
+/// How long a run's answer may take: its timeout and the margins, or no
+/// bound for a job without one.
+pub fn answer_wait(timeout: f64, packages: &[String]) -> Option<Duration> {
+    (timeout > 0.0).then(|| Duration::from_secs_f64(timeout) + ANSWER_MARGIN + packages_margin(packages))
+}
+
+/// [`PACKAGES_MARGIN`] when a call names packages.
+pub fn packages_margin(packages: &[String]) -> Duration {
+    if packages.is_empty() { Duration::ZERO } else { PACKAGES_MARGIN }
+}
+
 /// The environment variable that names the service when `--server` does not.
 pub const SERVER_ENV: &str = "PID1_SERVER";
 
@@ -208,6 +234,8 @@ pub enum RemoteError {
     Input(#[from] InputError),
     #[error("{what} is not UTF-8: the service takes it as text")]
     NotText { what: String },
+    #[error("{0} applies to local runs: with --server, the service's own settings decide")]
+    LocalOnly(&'static str),
     #[error("cannot read the token file {}", path.display())]
     TokenFile {
         path: PathBuf,
@@ -257,6 +285,7 @@ impl RemoteError {
         let (code, kind) = match self {
             RemoteError::Input(_) | RemoteError::NotText { .. } => (EXIT_NO_INPUT, "Input"),
             RemoteError::TokenFile { .. } | RemoteError::EmptyToken(_) => (EXIT_NO_INPUT, "Input"),
+            RemoteError::LocalOnly(_) => (EXIT_REFUSED, "Usage"),
             RemoteError::Runtime(_) => (EXIT_FAILURE, "Runtime"),
             RemoteError::NoService { .. } | RemoteError::Connect { .. } => (EXIT_FAILURE, "Connect"),
             RemoteError::NoAnswer { .. } => (EXIT_FAILURE, "NoAnswer"),

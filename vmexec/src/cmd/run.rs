@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use vmhost::api::{self, Download, Language, RunRequest, RunResult, StartKind, Timings, Upload};
 use vmhost::{AgentError, Job, Start, Stream, Vm, VmConfig};
 
-use super::remote::{self, ANSWER_MARGIN, Client, RemoteError, Server, TOKEN_ENV};
+use super::remote::{self, Client, RemoteError, Server, TOKEN_ENV};
 use crate::args::{LangArg, RunArgs};
 use crate::failure::{EXIT_TIMEOUT, Failure, InputError};
 
@@ -26,10 +26,14 @@ pub fn main(args: RunArgs) -> ExitCode {
         });
     }
     let mut config = VmConfig { cold: args.cold, ..args.vm.config() };
-    if let Err(e) = super::template::attach_packages(&args.vm, &mut config) {
-        return report(json, super::template::package_exit_code(&e), "Packages", &vmhost::error::chain(&e));
-    }
-    match run(args, &config) {
+    let packages = match super::template::attach_packages(&args.vm, &mut config) {
+        Ok(layer) => layer.map(|l| l.set.pins()).unwrap_or_default(),
+        Err(e) => {
+            let code = super::template::package_exit_code(&e);
+            return report(json, code, "Packages", &vmhost::error::chain(&e));
+        }
+    };
+    match run(args, &config, packages) {
         Ok(code) => code,
         Err(failure) => {
             let (code, kind) = failure.classify();
@@ -82,7 +86,7 @@ pub fn warn_fallback(vm: &Vm) {
 /// Lines of the guest console shown when the guest stops answering.
 const CONSOLE_LINES: usize = 20;
 
-fn run(args: RunArgs, config: &VmConfig) -> Result<ExitCode, Failure> {
+fn run(args: RunArgs, config: &VmConfig, packages: Vec<String>) -> Result<ExitCode, Failure> {
     let (code, language) = read_code(&args)?;
     let input = open_stdin(&args)?;
     // Read before any VM starts: a missing file fails fast.
@@ -150,7 +154,7 @@ fn run(args: RunArgs, config: &VmConfig) -> Result<ExitCode, Failure> {
             kernel_ms: times.kernel_ms,
             init_ms: times.init_ms,
         };
-        let result = RunResult::new(&outcome, start, accel.name(), timings);
+        let result = RunResult { packages, ..RunResult::new(&outcome, start, accel.name(), timings) };
         println!("{}", serde_json::to_string(&result).expect("a result serialises"));
     }
     Ok(exit_status(outcome.timed_out, outcome.code()))
@@ -160,6 +164,7 @@ fn run(args: RunArgs, config: &VmConfig) -> Result<ExitCode, Failure> {
 /// output as it streams back (or its result with `--json`), its
 /// downloads written here. Everything local is read before connecting.
 fn run_remote(args: &RunArgs, server: Server) -> Result<ExitCode, RemoteError> {
+    remote::local_only(args.vm.offline, args.vm.no_preload)?;
     let (code, language) = read_code(args)?;
     let code = String::from_utf8(code).map_err(|_| RemoteError::NotText { what: "the code".into() })?;
     let stdin = read_stdin_text(args)?;
@@ -177,12 +182,13 @@ fn run_remote(args: &RunArgs, server: Server) -> Result<ExitCode, RemoteError> {
         download: args.download.iter().map(|(guest, _)| guest.clone()).collect(),
         memory_limit_mb: args.memory_limit,
         output_limit: Some(args.output_limit),
+        packages: args.vm.packages.clone(),
     };
     let token = remote::token(args.token_file.as_deref(), std::env::var(TOKEN_ENV).ok())?;
     let client = Client::new(server, token)?;
     // A job without a timeout has no deadline for its answer either, as
     // a local one has none for its guest.
-    let wait = (args.timeout > 0.0).then(|| Duration::from_secs_f64(args.timeout) + ANSWER_MARGIN);
+    let wait = remote::answer_wait(args.timeout, &request.packages);
     let mut result: RunResult = if args.json {
         // Not streamed: a plain answer keeps its status and `Retry-After`.
         client.post("/v1/runs", &request, wait)?

@@ -38,6 +38,11 @@ pub struct ServeArgs {
     /// Seconds a session may sit idle before it is closed.
     #[arg(long, default_value_t = options::DEFAULT_SESSION_IDLE.as_secs_f64())]
     pub session_idle: f64,
+    /// A set of packages (pip requirements) to keep warm VMs of too, e.g.
+    /// `--pool-packages numpy==2.1.3 pandas==2.2.3`: a run naming this set
+    /// is handed a warm VM with its layer and its modules imported.
+    #[arg(long, value_name = "SPEC", num_args = 1..)]
+    pub pool_packages: Vec<String>,
     #[command(flatten)]
     pub vm: VmArgs,
 }
@@ -72,7 +77,20 @@ fn options(args: ServeArgs) -> Result<Options, String> {
     options.queue_timeout = seconds("queue-timeout", args.queue_timeout)?;
     options.grace = seconds("grace", args.grace)?;
     options.session_idle = seconds("session-idle", args.session_idle)?;
+    if !args.vm.packages.is_empty() {
+        return Err("-p/--package names one run's packages; runs sent to the service name theirs in \
+                    `packages`, and --pool-packages SPEC... keeps a set warm"
+            .into());
+    }
+    vmhost::packages::Requirements::parse(&args.pool_packages)
+        .map_err(|e| format!("--pool-packages: {e}"))?;
     options.vm = args.vm.config();
+    options.packages = vmhost::packages::PackageOptions {
+        offline: args.vm.offline,
+        preload: !args.vm.no_preload,
+        ..vmhost::packages::PackageOptions::new(&options.vm.cache_dir)
+    };
+    options.pool_packages = args.pool_packages;
     Ok(options)
 }
 
