@@ -13,6 +13,8 @@ from ._async_client import AsyncClient, AsyncSession
 from ._client import Client, Session
 from ._errors import (
     InvalidRequestError,
+    PackageError,
+    PackagesUnavailableError,
     Pid1Error,
     SandboxError,
     SessionClosedError,
@@ -32,6 +34,8 @@ __all__ = [
     "File",
     "FileInfo",
     "InvalidRequestError",
+    "PackageError",
+    "PackagesUnavailableError",
     "Pid1Error",
     "Result",
     "SandboxError",

@@ -162,10 +162,11 @@ class AsyncClient:
         on_stderr: AsyncOutputCallback | None = None,
         *,
         output_limit: int | None = None,
+        packages: Sequence[str] | None = None,
     ) -> Result:
         """See ``Client.run``; callbacks may be plain or async functions."""
         call = wire.run_call(
-            code, language, timeout, env, stdin, files, download, memory_limit_mb, output_limit
+            code, language, timeout, env, stdin, files, download, memory_limit_mb, output_limit, packages
         )
         return await self._job(call, on_stdout, on_stderr)
 
@@ -174,10 +175,12 @@ class AsyncClient:
         language: str = "python",
         memory_limit_mb: int | None = None,
         idle_timeout: float | None = None,
+        *,
+        packages: Sequence[str] | None = None,
     ) -> _SessionOpener:
         """Opens a session: ``async with client.session() as s`` or
         ``s = await client.session()``."""
-        return _SessionOpener(self, wire.open_call(language, memory_limit_mb, idle_timeout))
+        return _SessionOpener(self, wire.open_call(language, memory_limit_mb, idle_timeout, packages))
 
     async def health(self) -> dict[str, Any]:
         answer: dict[str, Any] = (await self._send(wire.health_call())).json()
@@ -247,12 +250,14 @@ class _SessionOpener:
 
 
 class AsyncSession:
-    """A VM held for one caller; see ``AsyncClient.session``."""
+    """A VM held for one caller; see ``AsyncClient.session``. ``packages``
+    is the resolved set every step can import (``name==version``)."""
 
     def __init__(self, client: AsyncClient, info: Mapping[str, Any]) -> None:
         self._client = client
         self.id: str = str(info["id"])
         self.language: str = str(info.get("language", ""))
+        self.packages: list[str] = [str(spec) for spec in info.get("packages") or ()]
         self.info: Mapping[str, Any] = info
         self._closed = False
 

@@ -184,15 +184,20 @@ class Client:
         on_stderr: OutputCallback | None = None,
         *,
         output_limit: int | None = None,
+        packages: Sequence[str] | None = None,
     ) -> Result:
         """Runs ``code`` in a fresh VM (destroyed after it) and returns what
         it left. ``timeout``: seconds (0: none); ``files``: uploads, a
         mapping of guest path to content or a list of ``File``;
         ``download``: guest paths whose content comes back in
         ``Result.files``; ``on_stdout``/``on_stderr``: called with text as
-        the job writes it."""
+        the job writes it; ``packages``: pip requirements (``["numpy==2.1.3",
+        "six"]``) the job can import, the resolved set in
+        ``Result.packages`` (a set's first use installs it: tens of seconds
+        or more). ``PackageError`` when the index has no such set,
+        ``PackagesUnavailableError`` when the index cannot be reached."""
         call = wire.run_call(
-            code, language, timeout, env, stdin, files, download, memory_limit_mb, output_limit
+            code, language, timeout, env, stdin, files, download, memory_limit_mb, output_limit, packages
         )
         return self._job(call, on_stdout, on_stderr)
 
@@ -201,12 +206,16 @@ class Client:
         language: str = "python",
         memory_limit_mb: int | None = None,
         idle_timeout: float | None = None,
+        *,
+        packages: Sequence[str] | None = None,
     ) -> Session:
         """Opens a session: a VM held for this caller, with one Python or
         shell process whose state persists across ``exec`` calls. Closed by
         ``close()``, by leaving its ``with`` block, or ``idle_timeout``
-        seconds after its last call (the service's default: 300)."""
-        return Session(self, self._send(wire.open_call(language, memory_limit_mb, idle_timeout)).json())
+        seconds after its last call (the service's default: 300).
+        ``packages``: as ``run``'s, for every step; ``Session.packages`` is
+        the resolved set."""
+        return Session(self, self._send(wire.open_call(language, memory_limit_mb, idle_timeout, packages)).json())
 
     def health(self) -> dict[str, Any]:
         """The service's ``/v1/health``: its pool, sessions, template, version."""
@@ -246,12 +255,14 @@ class Client:
 
 
 class Session:
-    """A VM held for one caller; see ``Client.session``."""
+    """A VM held for one caller; see ``Client.session``. ``packages`` is
+    the resolved set every step can import (``name==version``)."""
 
     def __init__(self, client: Client, info: Mapping[str, Any]) -> None:
         self._client = client
         self.id: str = str(info["id"])
         self.language: str = str(info.get("language", ""))
+        self.packages: list[str] = [str(spec) for spec in info.get("packages") or ()]
         self.info: Mapping[str, Any] = info
         self._closed = False
 

@@ -13,6 +13,8 @@ from typing import Any
 
 __all__ = [
     "InvalidRequestError",
+    "PackageError",
+    "PackagesUnavailableError",
     "Pid1Error",
     "SandboxError",
     "SessionClosedError",
@@ -56,6 +58,16 @@ class InvalidRequestError(Pid1Error):
     a file that could not be read or written... No VM was harmed."""
 
 
+class PackageError(InvalidRequestError):
+    """The packages asked for cannot be installed as named (422, kind
+    ``packages``): an unknown package, a version the index does not have,
+    requirements that conflict once resolved, or a package with no binary
+    wheel for the guest (CPython 3.11 on Linux). A changed list mends it, a
+    retry does not. A list that is not requirements at all (a bad string,
+    too many, two pins of one package) is a plain ``InvalidRequestError``
+    with ``field`` ``packages`` (400)."""
+
+
 class SandboxError(Pid1Error):
     """The VM failed (lost mid-run, or the service could not run the job);
     a job that merely timed out is a result with ``timed_out``, not this."""
@@ -69,6 +81,14 @@ class UnavailableError(Pid1Error):
     def __init__(self, message: str, *, retry_after: float | None = None, **kwargs: Any) -> None:
         super().__init__(message, **kwargs)
         self.retry_after = retry_after
+
+
+class PackagesUnavailableError(UnavailableError):
+    """The packages cannot be had now (502, kind ``packages_unavailable``):
+    the package index is out of reach, or the service runs offline, and
+    the set is not in its cache. The request was sound and no VM failed, so
+    this is not a ``SandboxError``: like a busy service, the same call may
+    succeed later, once the index answers or the set has been cached."""
 
 
 class UnauthorizedError(Pid1Error):
@@ -92,6 +112,8 @@ _BY_KIND: dict[str, type[Pid1Error]] = {
     "bad_request": InvalidRequestError,
     "refused": InvalidRequestError,
     "file": InvalidRequestError,
+    "packages": PackageError,
+    "packages_unavailable": PackagesUnavailableError,
     "unauthorized": UnauthorizedError,
     "no_session": SessionClosedError,
     "session_ended": SessionClosedError,
@@ -133,8 +155,8 @@ def error_from_body(
     # An unknown endpoint (kind `not_found`) is a 404 too, but no session's.
     if kind == "not_found":
         cls = Pid1Error
-    if cls is UnavailableError:
-        return UnavailableError(
+    if issubclass(cls, UnavailableError):
+        return cls(
             message, status=status, code=kind, field=field, retry_after=_seconds(retry_after)
         )
     return cls(message, status=status, code=kind, field=field)

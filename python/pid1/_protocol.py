@@ -8,7 +8,7 @@ import base64
 import codecs
 import json
 import os
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Union
 from urllib.parse import quote
@@ -29,6 +29,7 @@ __all__ = [
     "health_call",
     "list_files_call",
     "open_call",
+    "packages_list",
     "parse_address",
     "pool_ready",
     "raise_for_answer",
@@ -47,6 +48,12 @@ UNIX_HOST = "http://pid1"
 # its own margin for a silent guest all fit in it. The service has a
 # deadline for every wait, so this only fires when it hangs or vanished.
 ANSWER_MARGIN_S = 90.0
+
+# Seconds more a run, or a session's opening, waits when it names packages:
+# the first use of a set resolves it, installs it on the host, builds its
+# layer and then boots and snapshots a template with it, which a loaded
+# 2-core TCG host takes minutes over. Later uses find all of it cached.
+PACKAGES_MARGIN_S = 300.0
 
 # Seconds for calls that run no job: health, opening and closing a session,
 # file operations (a 256 MiB file through the serial port at ~5 MB/s is 50 s).
@@ -145,6 +152,42 @@ def _stdin(stdin: bytes | str | None) -> str | None:
         ) from None
 
 
+def packages_list(packages: Sequence[str] | None) -> list[str]:
+    """The ``packages`` of a run or a session as the service takes them: a
+    list or tuple of pip requirement strings (``numpy==2.1.3``, ``six``).
+    Only their shape is checked here; the service parses each and resolves
+    the set."""
+    if packages is None:
+        return []
+    if isinstance(packages, (str, bytes, bytearray)):
+        raise InvalidRequestError(
+            f"packages: give a list of requirements, e.g. [{packages!r}], not one string "
+            "(it would be read as its characters)",
+            field="packages",
+        )
+    if not isinstance(packages, Sequence):
+        raise InvalidRequestError(
+            f"packages: give a list or tuple of requirement strings, not a {type(packages).__name__}",
+            field="packages",
+        )
+    for index, spec in enumerate(packages):
+        if not isinstance(spec, str) or not spec.strip():
+            raise InvalidRequestError(
+                f"packages[{index}]: {spec!r} is not a requirement such as 'numpy==2.1.3'",
+                field="packages",
+            )
+        if "\0" in spec:
+            raise InvalidRequestError(f"packages[{index}]: {spec!r} holds a NUL", field="packages")
+    return list(packages)
+
+
+def with_packages(wait_s: float | None, packages: list[str]) -> float | None:
+    """How long a call that may have to make its packages' set waits."""
+    if wait_s is None or not packages:
+        return wait_s
+    return wait_s + PACKAGES_MARGIN_S
+
+
 def run_call(
     code: str,
     language: str,
@@ -155,8 +198,10 @@ def run_call(
     download: Iterable[str] | None,
     memory_limit_mb: int | None,
     output_limit: int | None,
+    packages: Sequence[str] | None = None,
 ) -> Call:
     """``POST /v1/runs``; the service checks the values."""
+    requirements = packages_list(packages)
     body: dict[str, Any] = {"code": code, "language": language}
     if timeout is not None:
         body["timeout"] = timeout
@@ -176,7 +221,9 @@ def run_call(
         body["memory_limit_mb"] = memory_limit_mb
     if output_limit is not None:
         body["output_limit"] = output_limit
-    return Call("POST", "/v1/runs", json=body, wait_s=read_timeout(timeout))
+    if requirements:
+        body["packages"] = requirements
+    return Call("POST", "/v1/runs", json=body, wait_s=with_packages(read_timeout(timeout), requirements))
 
 
 def exec_body(
@@ -208,14 +255,20 @@ def exec_body(
 
 
 def open_body(
-    language: str, memory_limit_mb: int | None, idle_timeout: float | None
+    language: str,
+    memory_limit_mb: int | None,
+    idle_timeout: float | None,
+    packages: list[str],
 ) -> dict[str, Any]:
-    """The JSON body of ``POST /v1/sessions``."""
+    """The JSON body of ``POST /v1/sessions``; ``packages`` as
+    ``packages_list`` made it."""
     body: dict[str, Any] = {"language": language}
     if memory_limit_mb is not None:
         body["memory_limit_mb"] = memory_limit_mb
     if idle_timeout is not None:
         body["idle_timeout"] = idle_timeout
+    if packages:
+        body["packages"] = packages
     return body
 
 
@@ -254,8 +307,15 @@ def exec_call(
     return Call("POST", session_path(session_id, "/exec"), json=body, wait_s=read_timeout(timeout))
 
 
-def open_call(language: str, memory_limit_mb: int | None, idle_timeout: float | None) -> Call:
-    return Call("POST", "/v1/sessions", json=open_body(language, memory_limit_mb, idle_timeout))
+def open_call(
+    language: str,
+    memory_limit_mb: int | None,
+    idle_timeout: float | None,
+    packages: Sequence[str] | None = None,
+) -> Call:
+    requirements = packages_list(packages)
+    body = open_body(language, memory_limit_mb, idle_timeout, requirements)
+    return Call("POST", "/v1/sessions", json=body, wait_s=with_packages(CALL_TIMEOUT_S, requirements))
 
 
 def close_call(session_id: str) -> Call:

@@ -86,6 +86,10 @@ class Result:
     timings: Timings
     files: dict[str, bytes] = field(default_factory=dict)
     """Downloaded files, by the path the request named."""
+    packages: list[str] = field(default_factory=list)
+    """The packages the job could import: the set resolved from the
+    requirements the run or session named, ``name==version`` by name;
+    empty when it named none."""
     raw: Mapping[str, Any] = field(default_factory=dict, repr=False)
     """The service's JSON result object."""
 
@@ -139,6 +143,7 @@ def parse_result(raw: Mapping[str, Any]) -> Result:
             init_ms=float(raw.get("init_ms", 0.0)),
         ),
         files=files,
+        packages=[str(spec) for spec in raw.get("packages") or ()],
         raw=raw,
     )
 

@@ -26,11 +26,11 @@ WORKS = {
     "configuration.py": "configured\n\n",
     "exit_codes.py": "killed by signal 11\n",
     "pitfalls.py": "1 True\n42\n\n",
+    "packages.py": "2.2.0\n\n",
 }
 
 REFUSED = {
     "session_javascript.py": "javascript",
-    "packages.py": "packages",
     "network.py": "network",
     "port_forwarding.py": "expose_ports",
 }

@@ -10,8 +10,9 @@ Language`` (or any other of exec-sandbox's public names)::
 
 The names, signatures, defaults, input rules, result fields and exception
 classes are exec-sandbox's, as far as pid1 has the feature; what it lacks
-(network, exposed ports, JavaScript, per-run packages) raises
-``NotSupportedError`` (a ``VmConfigError``) instead of running without it.
+(network, exposed ports, JavaScript) raises ``NotSupportedError`` (a
+``VmConfigError``) instead of running without it. ``packages`` are
+installed by the service (on the host, into a layer the VM mounts).
 docs/exec-sandbox.md lists every name and every difference.
 """
 

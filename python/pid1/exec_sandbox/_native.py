@@ -18,8 +18,11 @@ from .exceptions import (
     EnvVarValidationError,
     InputValidationError,
     OutputLimitError,
+    PackageInstallPermanentError,
+    PackageNotAllowedError,
     SandboxError,
     SessionClosedError,
+    SnapshotError,
     VmCapacityError,
     VmConfigError,
     VmDependencyError,
@@ -168,6 +171,9 @@ def translate(error: pid1.Pid1Error, *, operation: str) -> SandboxError:
     }
     message = f"{operation}: {error.message}"
     field = context["field"] or ""
+    packages = _packages_error(error, message, context)
+    if packages is not None:
+        return packages
     if isinstance(error, pid1.SetupError):
         return VmDependencyError(message, context)
     if isinstance(error, pid1.SessionClosedError):
@@ -194,3 +200,18 @@ def translate(error: pid1.Pid1Error, *, operation: str) -> SandboxError:
             return CommunicationOutcomeUnknownError(message, context)
         return VmTransientError(message, context)
     return SandboxError(message, context)
+
+
+def _packages_error(error: pid1.Pid1Error, message: str, context: dict[str, Any]) -> SandboxError | None:
+    """A refused or failed package set as exec-sandbox raises it when its
+    install fails: a spec its installer refuses is ``PackageNotAllowedError``;
+    a set the index cannot give (no such package or version, a conflict, no
+    wheel) ``PackageInstallPermanentError``; an index out of reach, once its
+    retries are spent, ``SnapshotError`` ("Failed to create snapshot")."""
+    if isinstance(error, pid1.PackageError):
+        return PackageInstallPermanentError(f"Package installation failed permanently: {message}", context)
+    if isinstance(error, pid1.PackagesUnavailableError):
+        return SnapshotError(f"Failed to create snapshot: {message}", context)
+    if isinstance(error, pid1.InvalidRequestError) and error.field == "packages":
+        return PackageNotAllowedError(message, context)
+    return None

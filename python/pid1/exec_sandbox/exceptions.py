@@ -7,8 +7,8 @@ everything), so every error this package raises is one of them; the native
 ``pid1.Pid1Error`` it came from, if any, is its ``__cause__``.
 
 One class is pid1's own: ``NotSupportedError``, a ``VmConfigError`` for a
-feature pid1 does not have yet (network, exposed ports, JavaScript,
-packages), so that such a request fails loudly instead of running without it.
+feature pid1 does not have yet (network, exposed ports, JavaScript), so
+that such a request fails loudly instead of running without it.
 """
 
 from __future__ import annotations
@@ -144,11 +144,14 @@ class VmDependencyError(VmPermanentError):
 
 
 class PackageInstallTransientError(TransientError):
-    """A package install failed for a reason that may pass."""
+    """A package install failed for a reason that may pass; never raised
+    here: an index out of reach is a ``SnapshotError``, as exec-sandbox
+    raises it once its retries are spent."""
 
 
 class PackageInstallPermanentError(PermanentError):
-    """A package install failed for good."""
+    """A package install failed for good: the index has no such package or
+    version, the specs conflict, or a package has no wheel for the guest."""
 
 
 class BalloonTransientError(TransientError):
@@ -166,7 +169,8 @@ BalloonError = BalloonTransientError
 
 
 class SnapshotError(SandboxError):
-    """A snapshot operation failed."""
+    """A snapshot operation failed; here, the packages could not be had:
+    the service cannot reach the package index and the set is not cached."""
 
 
 class CommunicationError(SandboxError):
@@ -205,7 +209,9 @@ class GuestAgentError(SandboxError):
 
 
 class PackageNotAllowedError(SandboxError):
-    """A package spec that is not allowed (here: not pinned with a version)."""
+    """A package spec that is not allowed: not a name and a version, a
+    character exec-sandbox refuses, more than 50, a language other than
+    Python, or a spec the service's parser refuses."""
 
 
 class InputValidationError(SandboxError):

@@ -149,7 +149,7 @@ class Scheduler:
         allow_network: bool,
         allowed_domains: list[str] | None,
         expose_ports: list[PortMapping | int] | None,
-    ) -> tuple[pid1.AsyncClient, Language, int]:
+    ) -> tuple[pid1.AsyncClient, Language, int, list[str]]:
         """exec-sandbox's checks before a VM is taken, in its order."""
         client = self._started()
         memory = memory_mb or self.config.default_memory_mb
@@ -158,8 +158,8 @@ class Scheduler:
         validation.check_features(
             allow_network=allow_network, allowed_domains=allowed_domains, expose_ports=expose_ports
         )
-        validation.check_packages(packages)
-        return client, lang, memory
+        specs = validation.check_packages(packages, lang)
+        return client, lang, memory, specs
 
     async def run(
         self,
@@ -180,10 +180,12 @@ class Scheduler:
         """Runs ``code`` in a fresh VM, destroyed after it. A timeout is a
         result with ``exit_code=-1``; ``memory_mb`` is the job's memory
         limit; ``on_boot_log`` gets one line saying how the VM started
-        (pid1 VMs are restored, there is no boot console to stream)."""
+        (pid1 VMs are restored, there is no boot console to stream).
+        ``packages``: pinned specs (``"pandas==2.2.0"``) the code can import;
+        a set's first use installs it, which takes tens of seconds."""
         validation.check_timeout(timeout_seconds)
         validation.check_code_size(code)
-        client, lang, memory = self._prepare(
+        client, lang, memory, specs = self._prepare(
             language=language,
             packages=packages,
             memory_mb=memory_mb,
@@ -207,6 +209,7 @@ class Scheduler:
                 on_stdout=guarded(on_stdout, "on_stdout"),
                 on_stderr=guarded(on_stderr, "on_stderr"),
                 output_limit=RUN_OUTPUT_LIMIT,
+                packages=specs,
             )
         except pid1.Pid1Error as e:
             raise translate(e, operation="run") from e
@@ -230,8 +233,9 @@ class Scheduler:
     ) -> Session:
         """Opens a session: a VM held until ``close()``, the scheduler's
         exit, or ``idle_timeout_seconds`` without a call (default: the
-        config's). Use it as ``async with await scheduler.session(...)``."""
-        client, lang, memory = self._prepare(
+        config's). ``packages``: as ``run()``'s, for every step. Use it as
+        ``async with await scheduler.session(...)``."""
+        client, lang, memory, specs = self._prepare(
             language=language,
             packages=packages,
             memory_mb=memory_mb,
@@ -242,7 +246,7 @@ class Scheduler:
         idle = idle_timeout_seconds or self.config.session_idle_timeout_seconds
         try:
             native = await client.session(
-                language=SERVICE_LANGUAGE[lang], memory_limit_mb=memory, idle_timeout=idle
+                language=SERVICE_LANGUAGE[lang], memory_limit_mb=memory, idle_timeout=idle, packages=specs
             )
         except pid1.Pid1Error as e:
             raise translate(e, operation="session") from e

@@ -11,6 +11,7 @@ docs/exec-sandbox.md lists them.
 from __future__ import annotations
 
 import re
+import unicodedata
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -50,7 +51,7 @@ MAX_ENV_VAR_NAME_LENGTH = 256
 MAX_ENV_VAR_VALUE_LENGTH = 4096
 MAX_PACKAGES = 50
 MAX_PACKAGE_SPEC_LENGTH = 214
-"""PyPI's longest name, as exec-sandbox bounds a whole spec."""
+"""PyPI's longest name, as exec-sandbox bounds a whole spec (in UTF-8 bytes)."""
 
 BLOCKED_ENV_VARS = frozenset(
     {
@@ -101,6 +102,9 @@ interpreter, the shell or the dynamic linker run or load something else."""
 _SHELL_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
 _PACKAGE_NAME = re.compile(r"[A-Za-z0-9_.\-]+\Z")
 _VERSION_OPERATORS = "@=<>~"
+_PACKAGE_VERSION = re.compile(r"[A-Za-z0-9_.\-@=<>~^*\[\], ]*\Z")
+"""What may follow the name: no ``/`` (a local path) and no ``;`` or
+quotes (environment markers)."""
 
 
 def _forbidden_control(text: str) -> bool:
@@ -166,33 +170,37 @@ def check_features(
         )
 
 
-def check_packages(packages: Sequence[str] | None) -> None:
-    """exec-sandbox's spec rules, then pid1's refusal: a run cannot install
-    packages yet."""
+def check_packages(packages: Sequence[str] | None, language: Language) -> list[str]:
+    """exec-sandbox's rules for ``packages``: at most 50 specs, each a name
+    and a version, for Python only; the specs to send."""
     if not packages:
-        return
+        return []
     if isinstance(packages, str):
         raise PackageNotAllowedError(f"packages: a list of specs, not the string {packages!r}")
+    if language is not Language.PYTHON:
+        raise PackageNotAllowedError(
+            f"Unsupported language '{language.value}' for package installation (supported: python)"
+        )
     if len(packages) > MAX_PACKAGES:
         raise PackageNotAllowedError(f"Too many packages: {len(packages)} (max {MAX_PACKAGES})")
     for spec in packages:
         _check_package_spec(spec)
-    raise NotSupportedError(
-        f"packages={list(packages)!r}: pid1 cannot install packages per run yet; "
-        "the guest's Python has its standard library (numpy once the package layers land)",
-        context={"feature": "packages"},
-    )
+    return list(packages)
 
 
 def _check_package_spec(spec: object) -> None:
+    """One spec, as exec-sandbox's guest agent checks it before installing."""
     if not isinstance(spec, str) or not spec:
         raise PackageNotAllowedError(f"Invalid package spec: {spec!r}")
-    if len(spec) > MAX_PACKAGE_SPEC_LENGTH:
+    size = len(spec.encode("utf-8", "surrogatepass"))
+    if size > MAX_PACKAGE_SPEC_LENGTH:
         raise PackageNotAllowedError(
-            f"Package spec too long: {len(spec)} characters (max {MAX_PACKAGE_SPEC_LENGTH})"
+            f"Package spec too long: {size} bytes (max {MAX_PACKAGE_SPEC_LENGTH})"
         )
-    if ".." in spec or "/" in spec or "\\" in spec or any(c.isspace() and c != " " for c in spec):
-        raise PackageNotAllowedError(f"Invalid package spec: {spec!r} (path or control characters)")
+    if ".." in spec or "/" in spec or "\\" in spec:
+        raise PackageNotAllowedError(f"Invalid package spec: {spec!r} (path characters not allowed)")
+    if any(unicodedata.category(c) == "Cc" for c in spec):
+        raise PackageNotAllowedError(f"Invalid package spec: {spec!r} (control characters not allowed)")
     end = next((i for i, c in enumerate(spec) if c in _VERSION_OPERATORS), -1)
     if end <= 0 or not _PACKAGE_NAME.match(spec[:end]):
         raise PackageNotAllowedError(
@@ -200,6 +208,8 @@ def _check_package_spec(spec: object) -> None:
         )
     if not spec[end:].strip(_VERSION_OPERATORS):
         raise PackageNotAllowedError(f"Invalid package spec: {spec!r} (empty version after operator)")
+    if not _PACKAGE_VERSION.match(spec[end:]):
+        raise PackageNotAllowedError(f"Invalid package spec: {spec!r} (contains invalid characters)")
 
 
 def check_code(code: str) -> None:

@@ -3,7 +3,8 @@
 
 Tools: ``run_python`` and ``run_shell`` (a fresh VM per call),
 ``session_open`` / ``session_exec`` / ``session_close`` (a VM held across
-calls, its state kept), and ``write_file`` / ``read_file`` / ``list_files``
+calls, its state kept; ``run_python`` and ``session_open`` take pip
+``packages``), and ``write_file`` / ``read_file`` / ``list_files``
 in a session. Every answer is text that says the exit code, a timeout, a
 signal and any truncation, so a model reads what happened without parsing.
 
@@ -15,6 +16,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+from collections.abc import Sequence
 from typing import Literal
 
 import pid1
@@ -39,7 +41,8 @@ forgets to close them should hear so before the host runs out."""
 INSTRUCTIONS = (
     "Runs code in throwaway microVMs (no network; Python 3.11 and bash). "
     "run_python / run_shell give each call a fresh VM. For state across calls "
-    "(variables, files), session_open, then session_exec, and session_close when done."
+    "(variables, files), session_open, then session_exec, and session_close when done. "
+    "run_python and session_open install pip packages named in `packages`."
 )
 
 
@@ -52,6 +55,8 @@ def format_result(result: pid1.Result, *, timeout: float | None) -> str:
     else:
         head = f"exit code: {result.exit_code}"
     parts = [head]
+    if result.packages:
+        parts.append(f"packages: {', '.join(result.packages)}")
     for name, text, cut in (
         ("stdout", result.stdout, result.stdout_truncated),
         ("stderr", result.stderr, result.stderr_truncated),
@@ -96,26 +101,39 @@ class SandboxTools:
             raise ToolError(f"no open session {session_id!r} (open ones: {known}); use session_open")
         return session
 
-    async def run(self, code: str, language: str, timeout: float, stdin: str | None) -> str:
+    async def run(
+        self,
+        code: str,
+        language: str,
+        timeout: float,
+        stdin: str | None,
+        packages: Sequence[str] | None = None,
+    ) -> str:
         try:
             result = await self.client.run(
-                code, language=language, timeout=timeout, stdin=stdin, output_limit=OUTPUT_LIMIT
+                code,
+                language=language,
+                timeout=timeout,
+                stdin=stdin,
+                output_limit=OUTPUT_LIMIT,
+                packages=packages,
             )
         except pid1.Pid1Error as e:
             raise _tool_error(e) from e
         return format_result(result, timeout=timeout)
 
-    async def open_session(self, language: str) -> str:
+    async def open_session(self, language: str, packages: Sequence[str] | None = None) -> str:
         if len(self._sessions) >= MAX_SESSIONS:
             raise ToolError(f"{MAX_SESSIONS} sessions are open already; close one with session_close")
         try:
-            session = await self.client.session(language=language)
+            session = await self.client.session(language=language, packages=packages)
         except pid1.Pid1Error as e:
             raise _tool_error(e) from e
         self._sessions[session.id] = session
         idle = session.info.get("idle_timeout")
         after = f"; closed after {idle:g} s without a call" if isinstance(idle, (int, float)) else ""
-        return f"session_id: {session.id} ({language}{after})"
+        with_packages = f"; packages: {', '.join(session.packages)}" if session.packages else ""
+        return f"session_id: {session.id} ({language}{with_packages}{after})"
 
     async def exec_step(self, session_id: str, code: str, timeout: float) -> str:
         session = self._session(session_id)
@@ -201,11 +219,15 @@ def build_server(tools: SandboxTools) -> MCPServer:
     server = MCPServer(name="pid1", instructions=INSTRUCTIONS, version=pid1.__version__, log_level="WARNING")
 
     @server.tool()
-    async def run_python(code: str, timeout: float = 30, stdin: str | None = None) -> str:
+    async def run_python(
+        code: str, timeout: float = 30, stdin: str | None = None, packages: list[str] | None = None
+    ) -> str:
         """Run Python 3.11 code in a fresh sandbox VM (no network, destroyed after).
         Returns the exit code, stdout and stderr. Print what you want to see.
-        timeout: seconds before the code is killed (0: none)."""
-        return await tools.run(code, "python", timeout, stdin)
+        timeout: seconds before the code is killed (0: none).
+        packages: pip requirements the code imports, e.g. ["numpy==2.1.3", "six"];
+        a set not used before takes tens of seconds to install."""
+        return await tools.run(code, "python", timeout, stdin, packages)
 
     @server.tool()
     async def run_shell(command: str, timeout: float = 30, stdin: str | None = None) -> str:
@@ -215,11 +237,14 @@ def build_server(tools: SandboxTools) -> MCPServer:
         return await tools.run(command, "sh", timeout, stdin)
 
     @server.tool()
-    async def session_open(language: Literal["python", "shell"] = "python") -> str:
+    async def session_open(
+        language: Literal["python", "shell"] = "python", packages: list[str] | None = None
+    ) -> str:
         """Open a sandbox session: a VM kept for you, whose Python (or shell)
         state and files persist from one session_exec to the next. Returns its
-        session_id. Close it with session_close when done."""
-        return await tools.open_session("sh" if language == "shell" else "python")
+        session_id. Close it with session_close when done.
+        packages: pip requirements every step can import, e.g. ["pandas==2.2.3"]."""
+        return await tools.open_session("sh" if language == "shell" else "python", packages)
 
     @server.tool()
     async def session_exec(session_id: str, code: str, timeout: float = 30) -> str:
