@@ -185,6 +185,10 @@ fuzz runs="5000000":
 bench-boot n="10": image
     cargo run --release -q -p vmexec --bin bench-boot -- --runs "$1"
 
+# A package set's first use (resolve, install, layer, template, each timed), then `import numpy` in warm VMs with and without preloading, against print(1); medians and ratios
+bench-packages runs="20": image
+    cargo run --release -q -p vmexec --bin bench-packages -- --runs "$1"
+
 # The service against vmexec run (warm-pool hits, alternating), then load from 4 and 16 clients; medians, p95/p99, ratios
 bench-serve n="20" load="200": image
     cargo run --release -q -p vmserve --bin bench-serve -- --runs "$1" --load-runs "$2" --clients 4,16
