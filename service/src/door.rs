@@ -15,7 +15,7 @@ use vmhost::packages::{Layer, PackageOptions};
 
 pub use crate::error::{DoorError, agent_error, file_error};
 use crate::metrics::{Metrics, Outcome};
-use crate::pool::{Pool, drop_vm, kill_qemu};
+use crate::pool::{Lease, Pool, drop_vm, kill_qemu};
 use crate::sessions::{OpenRequest, SessionInfo, Sessions};
 
 /// How long past a job's own timeout the service waits for a silent
@@ -60,6 +60,23 @@ impl Drop for Abandon {
         if !self.done.load(Ordering::Relaxed) {
             self.cancelled.store(true, Ordering::Relaxed);
             kill_qemu(self.pid.load(Ordering::Relaxed));
+        }
+    }
+}
+
+/// A used VM, destroyed with its slot given back when this drops: on a
+/// thread of its own once the run has answered, or wherever the run's
+/// result is dropped if nobody waits for it any more.
+struct Teardown {
+    lease: Option<Lease>,
+    metrics: Arc<Metrics>,
+}
+
+impl Drop for Teardown {
+    fn drop(&mut self) {
+        if let Some(lease) = self.lease.take() {
+            drop_vm(lease.vm, &self.metrics);
+            drop(lease.slot);
         }
     }
 }
@@ -183,9 +200,15 @@ impl Door {
         // which must already see this run's job coming.
         let running = self.pool.running();
         let mut lease = self.pool.take(layer.as_ref()).await?;
-        // The uploads, the job and its downloads share one guest user, one
-        // no warm-up job had: the files go in as the job's, come out as its.
-        job.user = Some(lease.vm.agent().new_user());
+        // The uploads, the job and its downloads share one guest user: the
+        // warm-up's, whose mounts it left empty and whose first job paid
+        // for translating a user's paths, else a new one. The files go in
+        // as the job's and come out as its (the agent's file operations act
+        // on the last new user, which the warm-up's is).
+        job.user = Some(match lease.user {
+            Some(user) => user,
+            None => lease.vm.agent().new_user(),
+        });
         let handed = began.elapsed();
         self.metrics.queue_seconds.observe(handed.as_secs_f64());
         self.metrics.handout_seconds.observe(handed.as_secs_f64());
@@ -236,20 +259,22 @@ impl Door {
                 result.packages = packages;
                 Ok((result, exec_ms))
             })();
-            drop_vm(lease.vm, &metrics);
-            drop(lease.slot);
-            result
+            (result, Teardown { lease: Some(lease), metrics })
         });
         let joined = blocking.await;
         drop(running);
         abandon.finish();
+        let (result, teardown) = match joined {
+            Ok(joined) => joined,
+            Err(e) => return Err(DoorError::Failed(format!("the run's thread failed: {e}"))),
+        };
+        // The answer goes out before the VM is torn down: killing and
+        // reaping its QEMU is not on the run's path.
+        tokio::task::spawn_blocking(move || drop(teardown));
         if abandon.cancelled.load(Ordering::Relaxed) {
             return Err(DoorError::Cancelled);
         }
-        let (result, exec_ms) = match joined {
-            Ok(result) => result?,
-            Err(e) => return Err(DoorError::Failed(format!("the run's thread failed: {e}"))),
-        };
+        let (result, exec_ms) = result?;
         self.metrics.exec_seconds.observe(exec_ms / 1000.0);
         Ok(result)
     }

@@ -69,6 +69,10 @@ pub struct Lease {
     pub vm: Vm,
     pub slot: Slot,
     pub start: StartKind,
+    /// The guest user the warm-up jobs ran as, for the run's job: its
+    /// mounts are still empty (the warm-up writes nothing), its paths
+    /// already translated; `None` for a VM that was not warmed.
+    pub user: Option<u32>,
 }
 
 /// Why no VM could be had.
@@ -241,12 +245,12 @@ impl Pool {
             kept.warming.fetch_sub(1, Ordering::Relaxed);
             self.metrics.pool_warming.set(self.state().warming as i64);
             match made {
-                Ok(Ok((vm, start))) => {
+                Ok(Ok((vm, start, user))) => {
                     if self.closing.load(Ordering::Relaxed) {
                         drop_vm(vm, &self.metrics);
                         return;
                     }
-                    self.push(&kept, Lease { vm, slot, start });
+                    self.push(&kept, Lease { vm, slot, start, user });
                 }
                 Ok(Err(e)) => {
                     tracing::warn!(error = %e, "pool: cannot start a VM; retrying");
@@ -303,7 +307,7 @@ impl Pool {
                 let config = config.clone();
                 let made = tokio::task::spawn_blocking(move || pool.start_vm(&config, false)).await;
                 break match made {
-                    Ok(Ok((vm, start))) => Ok(Lease { vm, slot, start }),
+                    Ok(Ok((vm, start, user))) => Ok(Lease { vm, slot, start, user }),
                     Ok(Err(e)) => Err(e),
                     Err(e) => Err(PoolError::Start(e.to_string())),
                 };
@@ -352,7 +356,7 @@ impl Pool {
     }
 
     /// Restores (or boots) a VM and, for the pool, warms it up.
-    fn start_vm(&self, config: &VmConfig, warm: bool) -> Result<(Vm, StartKind), PoolError> {
+    fn start_vm(&self, config: &VmConfig, warm: bool) -> Result<(Vm, StartKind, Option<u32>), PoolError> {
         let needed_mb = u64::from(config.memory_mb) + QEMU_OVERHEAD_MB;
         if let Some(available_mb) = available_memory_mb()
             && available_mb < needed_mb
@@ -377,12 +381,16 @@ impl Pool {
                 StartKind::Cold
             }
         };
-        if warm && let Err(e) = warm_up(&mut vm) {
-            self.metrics.restore_failures.inc();
-            drop_vm(vm, &self.metrics);
-            return Err(PoolError::Start(format!("the warm-up failed: {e}")));
-        }
-        Ok((vm, start))
+        let user = match warm.then(|| warm_up(&mut vm)) {
+            None => None,
+            Some(Ok(user)) => Some(user),
+            Some(Err(e)) => {
+                self.metrics.restore_failures.inc();
+                drop_vm(vm, &self.metrics);
+                return Err(PoolError::Start(format!("the warm-up failed: {e}")));
+            }
+        };
+        Ok((vm, start, user))
     }
 
     /// Marks a run's job as executing until the guard drops.
@@ -403,17 +411,21 @@ impl Pool {
     }
 }
 
-/// A warm-up job of each language, each of which must exit 0.
-fn warm_up(vm: &mut Vm) -> Result<(), String> {
+/// A warm-up job of each language, each of which must exit 0, as one new
+/// guest user, whose key it returns.
+fn warm_up(vm: &mut Vm) -> Result<u32, String> {
     let agent = vm.agent();
     agent.set_timeout(Some(WARM_UP_TIMEOUT)).map_err(|e| e.to_string())?;
+    let user = agent.new_user();
     for job in [Job::python(WARM_UP_PYTHON), Job::shell("echo warm")] {
+        let job = Job { user: Some(user), ..job };
         let outcome = agent.run(&job, |_, _| {}).map_err(|e| vmhost::error::chain(&e))?;
         if outcome.code() != 0 {
             return Err(format!("a warm-up job exited with {}", outcome.code()));
         }
     }
-    agent.set_timeout(None).map_err(|e| e.to_string())
+    agent.set_timeout(None).map_err(|e| e.to_string())?;
+    Ok(user)
 }
 
 /// Ends a VM at once: it is never used again, and nothing of it is kept.
