@@ -21,6 +21,22 @@ use super::resolve::ResolvedSet;
 /// The line between a layer's set and its modules in its `.txt`.
 const SEPARATOR: &str = "--";
 
+/// A set's lock, held while the set is resolved and made. Its file goes
+/// when it is let go, so that sets asked for once (or refused) leave no
+/// file behind. A caller that waited on the removed file and one that
+/// makes a new one may then both make the set: wasted work, never a torn
+/// cache, since every record and image is renamed into place whole.
+pub struct SetLock {
+    _file: fs::File,
+    path: PathBuf,
+}
+
+impl Drop for SetLock {
+    fn drop(&mut self) {
+        let _ = fs::remove_file(&self.path);
+    }
+}
+
 /// One cache's packages directory.
 pub struct Store {
     root: PathBuf,
@@ -71,14 +87,14 @@ impl Store {
 
     /// Holds `key`'s lock (one process makes a set, the others wait for
     /// it and then find it made), waiting at most `wait`.
-    pub fn lock(&self, key: &str, wait: Duration) -> Result<fs::File, PackageError> {
+    pub fn lock(&self, key: &str, wait: Duration) -> Result<SetLock, PackageError> {
         let path = self.root.join(format!("{key}.lock"));
         let file =
             fs::File::create(&path).map_err(|source| PackageError::Io { path: path.clone(), source })?;
         let deadline = Instant::now() + wait;
         loop {
             match rustix::fs::flock(&file, FlockOperation::NonBlockingLockExclusive) {
-                Ok(()) => return Ok(file),
+                Ok(()) => return Ok(SetLock { _file: file, path }),
                 Err(rustix::io::Errno::WOULDBLOCK) if Instant::now() < deadline => {
                     std::thread::sleep(Duration::from_millis(100));
                 }
@@ -307,6 +323,18 @@ mod tests {
         let layer = store.layer("a1", &set("a1")).unwrap();
         assert_eq!((layer.image, layer.modules), (image, vec!["a1".to_owned()]));
         assert!(store.layer("a1", &set("other")).is_none(), "a layer is found only for its own set");
+    }
+
+    #[test]
+    fn a_set_lock_excludes_and_leaves_no_file() {
+        let cache = tempfile::tempdir().unwrap();
+        let store = Store::new(cache.path());
+        store.create().unwrap();
+        let held = store.lock("k", Duration::ZERO).unwrap();
+        assert!(matches!(store.lock("k", Duration::ZERO), Err(PackageError::Busy(_))));
+        drop(held);
+        assert!(!store.root().join("k.lock").exists(), "the lock's file goes with it");
+        drop(store.lock("k", Duration::ZERO).unwrap());
     }
 
     #[test]

@@ -87,6 +87,10 @@ pub fn prepare<S: AsRef<str>>(specs: &[S], options: &PackageOptions) -> Result<O
     let store = cache::Store::new(&options.cache_dir);
     store.create().map_err(|source| PackageError::Io { path: store.root().to_owned(), source })?;
     let set_key = hash(&format!("{FORMAT}\nrequirements\n{}", requirements.text()));
+    // Offline, a set never recorded cannot be had: said without a lock.
+    if options.offline && store.set(&set_key).is_none() {
+        return Err(PackageError::Offline { missing: requirements.args() });
+    }
     let _lock = store.lock(&set_key, BUILD_WAIT)?;
     let mut steps = Steps::default();
     let set = match store.set(&set_key) {
