@@ -8,6 +8,11 @@ set shell := ["bash", "-euo", "pipefail", "-c"]
 set positional-arguments
 
 build := justfile_directory() / "build"
+
+# The Python 3.11 whose pip resolves and installs packages for the guest
+# (`-p`, a run's `packages`): build/venv's, which scripts/bootstrap makes
+# with pip, where a fresh Debian's python3 has none.
+export PID1_PYTHON := env_var_or_default("PID1_PYTHON", if path_exists(build / "venv/bin/pip") == "true" { build / "venv/bin/python" } else { "python3" })
 just := quote(just_executable()) + " --justfile " + quote(justfile())
 
 # List the recipes

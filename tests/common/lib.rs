@@ -4,6 +4,7 @@
 
 mod init;
 mod jobs;
+pub mod packages;
 pub mod service;
 mod vm;
 mod vmexec;

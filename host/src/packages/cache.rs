@@ -153,7 +153,15 @@ impl Store {
             fs::rename(&building, &image).map_err(|source| PackageError::Io { path: image.clone(), source })
         });
         if let Err(e) = made {
+            // mkfs.erofs does not always say why a write failed: a full
+            // disk (looked at while the half-made image still fills it) is
+            // named as one.
+            let full = matches!(e, PackageError::Layer { .. }) && self.is_full();
             remove(&building);
+            if full {
+                let source = std::io::Error::from(rustix::io::Errno::NOSPC);
+                return Err(PackageError::Io { path: self.layers(), source });
+            }
             return Err(e);
         }
         let text = format!(
@@ -166,6 +174,12 @@ impl Store {
             return Err(e);
         }
         Ok(image)
+    }
+
+    /// Whether the cache's filesystem has (next to) no room left: less
+    /// than a layer's smallest write.
+    fn is_full(&self) -> bool {
+        rustix::fs::statvfs(self.layers()).is_ok_and(|v| v.f_bavail.saturating_mul(v.f_frsize) < 1 << 16)
     }
 
     /// Every layer in the cache, least recently used first.

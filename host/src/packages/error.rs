@@ -24,7 +24,9 @@ pub enum PackageError {
         if .versions.is_empty() { String::new() } else { format!(": the index has only sources or other platforms' wheels of {}", .versions.join(", ")) }
     )]
     NoWheel { name: String, versions: Vec<String> },
-    #[error("the package index cannot be reached and this set is not in the cache ({detail})")]
+    #[error(
+        "the package index cannot be reached, and the cache does not hold what this set needs ({detail})"
+    )]
     Unreachable { detail: String },
     #[error("offline, and the cache does not hold: {}", .missing.join(", "))]
     Offline { missing: Vec<String> },
