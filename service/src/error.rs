@@ -2,7 +2,7 @@
 //! one HTTP status by the API; and how the host library's errors map to it.
 
 use vmhost::api::FieldError;
-use vmhost::packages::PackageError;
+use vmhost::packages::{Fault, PackageError};
 use vmhost::{AgentError, FileError};
 
 use crate::metrics::Outcome;
@@ -85,28 +85,18 @@ impl From<PoolError> for DoorError {
 impl From<PackageError> for DoorError {
     fn from(e: PackageError) -> Self {
         let message = vmhost::error::chain(&e);
-        match e {
-            PackageError::BadRequirement { .. }
-            | PackageError::TooMany { .. }
-            | PackageError::ConflictingPins { .. } => {
+        match (e.fault(), e) {
+            (Fault::Written, _) => {
                 DoorError::BadRequest(FieldError { field: "packages".into(), reason: message })
             }
             // An offline service's cache is all it has: a set not in it
             // is as unavailable there as an unknown package.
-            PackageError::Conflict { .. }
-            | PackageError::UnknownPackage { .. }
-            | PackageError::NoSuchVersion { .. }
-            | PackageError::NoWheel { .. }
-            | PackageError::Offline { .. } => DoorError::Packages(message),
-            PackageError::Unreachable { .. } => DoorError::PackagesUnavailable(message),
+            (Fault::Index, _) | (Fault::Unavailable, PackageError::Offline { .. }) => {
+                DoorError::Packages(message)
+            }
+            (Fault::Unavailable, _) => DoorError::PackagesUnavailable(message),
             // The host's own tools or disk: nothing the caller can change.
-            PackageError::Pip { .. }
-            | PackageError::NoPip { .. }
-            | PackageError::HostPython { .. }
-            | PackageError::Tool { .. }
-            | PackageError::Layer { .. }
-            | PackageError::Io { .. }
-            | PackageError::Busy(_) => DoorError::Failed(message),
+            (Fault::Host, _) => DoorError::Failed(message),
         }
     }
 }

@@ -56,3 +56,41 @@ pub enum PackageError {
     #[error("another process has been making this set for over {} s", .0.as_secs())]
     Busy(Duration),
 }
+
+/// Whose doing a [`PackageError`] is: what a front end answers with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fault {
+    /// The requirements as written: not requirements, too many, or pins
+    /// of one package that disagree. Known before any index is asked.
+    Written,
+    /// What the index holds cannot satisfy them: an unknown package or
+    /// version, a conflict, no wheel for the guest.
+    Index,
+    /// Neither index nor cache can answer now: unreachable, or offline
+    /// with the set not cached.
+    Unavailable,
+    /// The host's own tools or disk.
+    Host,
+}
+
+impl PackageError {
+    pub fn fault(&self) -> Fault {
+        match self {
+            PackageError::BadRequirement { .. }
+            | PackageError::TooMany { .. }
+            | PackageError::ConflictingPins { .. } => Fault::Written,
+            PackageError::Conflict { .. }
+            | PackageError::UnknownPackage { .. }
+            | PackageError::NoSuchVersion { .. }
+            | PackageError::NoWheel { .. } => Fault::Index,
+            PackageError::Unreachable { .. } | PackageError::Offline { .. } => Fault::Unavailable,
+            PackageError::Pip { .. }
+            | PackageError::NoPip { .. }
+            | PackageError::HostPython { .. }
+            | PackageError::Tool { .. }
+            | PackageError::Layer { .. }
+            | PackageError::Io { .. }
+            | PackageError::Busy(_) => Fault::Host,
+        }
+    }
+}

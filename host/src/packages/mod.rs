@@ -27,7 +27,7 @@ use std::time::{Duration, Instant};
 
 use sha2::{Digest, Sha256};
 
-pub use self::error::PackageError;
+pub use self::error::{Fault, PackageError};
 pub use self::layer::{Layer, Steps};
 pub use self::resolve::{Resolved, ResolvedSet};
 pub use self::spec::{Requirement, Requirements};

@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use std::time::Instant;
 
 use vmhost::jail::Setting;
-use vmhost::packages::{self, Layer, PackageError, PackageOptions};
+use vmhost::packages::{self, Fault, Layer, PackageError, PackageOptions};
 use vmhost::template::Template;
 use vmhost::{Accel, VmConfig};
 
@@ -121,15 +121,9 @@ pub fn attach_packages(vm: &VmArgs, config: &mut VmConfig) -> Result<Option<Laye
 /// vmexec's exit code for a set that cannot be had: 2 for a request that
 /// is at fault (as a refused job), 1 for the host (no registry, no pip).
 pub fn package_exit_code(e: &PackageError) -> u8 {
-    match e {
-        PackageError::BadRequirement { .. }
-        | PackageError::TooMany { .. }
-        | PackageError::ConflictingPins { .. }
-        | PackageError::Conflict { .. }
-        | PackageError::UnknownPackage { .. }
-        | PackageError::NoSuchVersion { .. }
-        | PackageError::NoWheel { .. } => EXIT_REFUSED,
-        _ => EXIT_FAILURE,
+    match e.fault() {
+        Fault::Written | Fault::Index => EXIT_REFUSED,
+        Fault::Unavailable | Fault::Host => EXIT_FAILURE,
     }
 }
 
