@@ -62,7 +62,8 @@ class PackageError(InvalidRequestError):
     """The packages asked for cannot be installed as named (422, kind
     ``packages``): an unknown package, a version the index does not have,
     requirements that conflict once resolved, or a package with no binary
-    wheel for the guest (CPython 3.11 on Linux). A changed list mends it, a
+    wheel for the guest (CPython 3.11 on Linux), or, from a service that
+    runs offline, a set its cache lacks. A changed list mends it, a
     retry does not. A list that is not requirements at all (a bad string,
     too many, two pins of one package) is a plain ``InvalidRequestError``
     with ``field`` ``packages`` (400)."""
@@ -85,8 +86,8 @@ class UnavailableError(Pid1Error):
 
 class PackagesUnavailableError(UnavailableError):
     """The packages cannot be had now (502, kind ``packages_unavailable``):
-    the package index is out of reach, or the service runs offline, and
-    the set is not in its cache. The request was sound and no VM failed, so
+    the package index is out of reach and the set is not in the service's
+    cache. The request was sound and no VM failed, so
     this is not a ``SandboxError``: like a busy service, the same call may
     succeed later, once the index answers or the set has been cached."""
 
