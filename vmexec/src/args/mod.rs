@@ -26,7 +26,7 @@ pub struct ReplArgs {
     /// margin inside a block waits for the blank line with it, and bare
     /// expressions inside a block are not echoed.
     #[arg(long, value_name = "unix:PATH|http://HOST:PORT", env = SERVER_ENV,
-          conflicts_with_all = ["cold", "VmArgs"])]
+          conflicts_with_all = ["cold", "memory", "cpus", "debug", "accel", "kernel", "rootfs", "offline", "no_preload"])]
     pub server: Option<Server>,
     /// With --server over http://: a file holding the service's bearer
     /// token (default: the token itself in $PID1_TOKEN).
@@ -110,9 +110,10 @@ pub struct RunArgs {
     /// booting a VM here: unix:PATH or http://HOST:PORT. Output, exit codes
     /// and --json are a local run's. The service's VMs are its own, so
     /// --cold, --fresh and the VM flags are refused with it, and so is
-    /// --cwd (its API has none); --stdin must be UTF-8 text.
+    /// --cwd (its API has none); --stdin must be UTF-8 text. --package
+    /// goes with the run (--offline and --no-preload are the service's).
     #[arg(long, value_name = "unix:PATH|http://HOST:PORT", env = SERVER_ENV,
-          conflicts_with_all = ["cold", "fresh", "cwd", "VmArgs"])]
+          conflicts_with_all = ["cold", "fresh", "cwd", "memory", "cpus", "debug", "accel", "kernel", "rootfs", "offline", "no_preload"])]
     pub server: Option<Server>,
     /// With --server over http://: a file holding the service's bearer
     /// token (default: the token itself in $PID1_TOKEN).

@@ -423,6 +423,8 @@ fn what_only_a_local_vm_has_is_refused_with_a_server() {
         &["--debug"],
         &["--kernel", "k"],
         &["--rootfs", "r"],
+        &["--offline"],
+        &["--no-preload"],
     ] {
         let mut args = vec!["-c", "x", "--server", "unix:/s"];
         args.extend_from_slice(local);
@@ -432,6 +434,12 @@ fn what_only_a_local_vm_has_is_refused_with_a_server() {
         // The same flag alone is a local run's.
         assert!(run(&[&["-c", "x"][..], local].concat()).server.is_none());
     }
+}
+
+#[test]
+fn packages_go_to_the_server_with_the_run() {
+    let args = run(&["-c", "x", "--server", "unix:/s", "-p", "six==1.17.0", "-p", "numpy"]);
+    assert_eq!(args.vm.packages, ["six==1.17.0", "numpy"]);
 }
 
 #[test]

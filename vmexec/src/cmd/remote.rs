@@ -44,16 +44,6 @@ pub const ANSWER_MARGIN: Duration = Duration::from_secs(90);
 /// seconds; minutes for big wheels on a slow index).
 pub const PACKAGES_MARGIN: Duration = Duration::from_secs(600);
 
-/// `--offline` and `--no-preload` are the local cache's settings: a run
-/// sent to a service is refused with them rather than run without them.
-pub fn local_only(offline: bool, no_preload: bool) -> Result<(), RemoteError> {
-    match (offline, no_preload) {
-        (true, _) => Err(RemoteError::LocalOnly("--offline")),
-        (_, true) => Err(RemoteError::LocalOnly("--no-preload")),
-        _ => Ok(()),
-    }
-}
-
 /// How long a run's answer may take: its timeout and the margins, or no
 /// bound for a job without one.
 pub fn answer_wait(timeout: f64, packages: &[String]) -> Option<Duration> {
@@ -217,7 +207,10 @@ impl Refusal {
 /// the service's or the VM's failure, 1.
 pub fn exit_code(kind: &str, status: Option<u16>) -> u8 {
     match kind {
-        "bad_request" | "refused" => EXIT_REFUSED,
+        // Packages the index cannot give are the request's fault, as a
+        // local run's `-p` is.
+        "bad_request" | "refused" | "packages" => EXIT_REFUSED,
+        "packages_unavailable" => EXIT_FAILURE,
         "unauthorized" | "busy" | "shutting_down" | "vm_lost" | "failed" | "file" | "cancelled"
         | "no_session" | "session_ended" | "not_found" | "method_not_allowed" => EXIT_FAILURE,
         // A body that is too big is refused by the HTTP layer before the
@@ -234,8 +227,6 @@ pub enum RemoteError {
     Input(#[from] InputError),
     #[error("{what} is not UTF-8: the service takes it as text")]
     NotText { what: String },
-    #[error("{0} applies to local runs: with --server, the service's own settings decide")]
-    LocalOnly(&'static str),
     #[error("cannot read the token file {}", path.display())]
     TokenFile {
         path: PathBuf,
@@ -285,7 +276,6 @@ impl RemoteError {
         let (code, kind) = match self {
             RemoteError::Input(_) | RemoteError::NotText { .. } => (EXIT_NO_INPUT, "Input"),
             RemoteError::TokenFile { .. } | RemoteError::EmptyToken(_) => (EXIT_NO_INPUT, "Input"),
-            RemoteError::LocalOnly(_) => (EXIT_REFUSED, "Usage"),
             RemoteError::Runtime(_) => (EXIT_FAILURE, "Runtime"),
             RemoteError::NoService { .. } | RemoteError::Connect { .. } => (EXIT_FAILURE, "Connect"),
             RemoteError::NoAnswer { .. } => (EXIT_FAILURE, "NoAnswer"),

@@ -107,7 +107,6 @@ fn repl_remote(args: &ReplArgs, server: Server) -> Result<ExitCode, RemoteError>
     let client = Client::new(server, token)?;
     let step_timeout = args.timeout.unwrap_or(api::DEFAULT_TIMEOUT_SECS);
     // Opening waits for a VM as a run does.
-    remote::local_only(args.vm.offline, args.vm.no_preload)?;
     let open = OpenRequest { language, packages: args.vm.packages.clone(), ..OpenRequest::default() };
     let wait = ANSWER_MARGIN + remote::packages_margin(&open.packages);
     let session: SessionInfo = client.post("/v1/sessions", &open, Some(wait))?;

@@ -164,7 +164,6 @@ fn run(args: RunArgs, config: &VmConfig, packages: Vec<String>) -> Result<ExitCo
 /// output as it streams back (or its result with `--json`), its
 /// downloads written here. Everything local is read before connecting.
 fn run_remote(args: &RunArgs, server: Server) -> Result<ExitCode, RemoteError> {
-    remote::local_only(args.vm.offline, args.vm.no_preload)?;
     let (code, language) = read_code(args)?;
     let code = String::from_utf8(code).map_err(|_| RemoteError::NotText { what: "the code".into() })?;
     let stdin = read_stdin_text(args)?;

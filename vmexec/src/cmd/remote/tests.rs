@@ -115,6 +115,8 @@ fn a_refused_job_exits_2_and_a_failed_service_1() {
         ("vm_lost", None, 1),
         ("failed", Some(500), 1),
         ("file", Some(422), 1),
+        ("packages", Some(422), 2),
+        ("packages_unavailable", Some(502), 1),
         ("no_session", Some(404), 1),
         ("session_ended", Some(410), 1),
         ("not_found", Some(404), 1),
