@@ -433,4 +433,12 @@ fn the_service_runs_refuses_and_keeps_a_set_warm() {
     assert_eq!(vm_starts(&service), starts, "a VM was started for a refused set");
     let result = service.run(&json!({ "code": SIX_JOB, "packages": SIX }));
     assert_eq!((result["stdout"].as_str(), &result["packages"]), (Some("1.17.0\n"), &json!(SIX)), "{result}");
+
+    // The CLI as the service's client sends its `-p` with the run.
+    let server = service.address().to_string();
+    let out = run_with(SIX, &["--server", &server, "-c", SIX_JOB]);
+    assert_eq!((text(&out.stdout), out.status.code()), ("1.17.0\n".into(), Some(0)), "{}", text(&out.stderr));
+    let out = run_with(&["pid1-no-such-package-3e9d1c"], &["--server", &server, "-c", SIX_JOB]);
+    assert_eq!(out.status.code(), Some(2), "refused as a local run's: {}", text(&out.stderr));
+    assert!(text(&out.stderr).contains("pid1-no-such-package-3e9d1c"), "{}", text(&out.stderr));
 }
