@@ -5,7 +5,7 @@
 //! service's capacity for its life; a run that finds no warm VM restores one
 //! on demand if a slot is free, else waits, bounded, in the queue.
 //!
-//! VMs are kept warm per [`Kept`] set: the default (no packages) and any
+//! VMs are kept warm per `Kept` set: the default (no packages) and any
 //! package set the service was told to keep (`--pool-packages`). A run
 //! naming another set gets a VM with that set's layer restored on demand.
 
@@ -103,7 +103,7 @@ pub struct PoolState {
 }
 
 /// VMs of one configuration kept warm: the default, or a package set's.
-pub struct Kept {
+struct Kept {
     config: VmConfig,
     /// The package layer's address; `None` for VMs without packages.
     address: Option<String>,
@@ -173,13 +173,18 @@ impl Pool {
     /// Keeps `target` warm VMs with `layer` attached too, within the
     /// capacity left by the sets kept already.
     pub fn keep(&self, layer: &Layer, target: usize) {
-        let config = VmConfig { packages: Some(layer.image.clone()), ..self.config.clone() };
+        let config = self.config_for(Some(layer));
         if let Ok(mut kept) = self.kept.write() {
             let taken: usize = kept.iter().map(|k| k.target).sum();
             let target = target.min(self.capacity.saturating_sub(taken));
             kept.push(Kept::new(config, Some(layer.address.clone()), target));
         }
         self.changed.notify_waiters();
+    }
+
+    /// The configuration of VMs with `layer` attached (none: the default).
+    fn config_for(&self, layer: Option<&Layer>) -> VmConfig {
+        VmConfig { packages: layer.map(|l| l.image.clone()), ..self.config.clone() }
     }
 
     fn kept(&self) -> Vec<Arc<Kept>> {
@@ -281,11 +286,7 @@ impl Pool {
     /// is free, else the first to free up within the queue's deadline.
     pub async fn take(self: &Arc<Pool>, layer: Option<&Layer>) -> Result<Lease, PoolError> {
         let kept = self.kept_for(layer);
-        let config = match (&kept, layer) {
-            (Some(kept), _) => kept.config.clone(),
-            (None, Some(layer)) => VmConfig { packages: Some(layer.image.clone()), ..self.config.clone() },
-            (None, None) => self.config.clone(),
-        };
+        let config = self.config_for(layer);
         let deadline = Instant::now() + self.queue_timeout;
         let mut queued = false;
         let result = loop {
